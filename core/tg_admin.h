@@ -1,0 +1,16 @@
+/*
+ * tg_admin.h: the admin API on its own listener (config `admin.listen`):
+ *   GET /health  -> 200 {"status":"ok"}
+ *   GET /status  -> 200 JSON: version, generation, config version, reloads,
+ *                   per-worker and total counters (from tg_stats)
+ * Anything else is 404 (unknown path) or 405 (other methods).
+ */
+#ifndef TG_ADMIN_H
+#define TG_ADMIN_H
+
+#include "tg_request.h"
+
+/* Answers r (a request on the admin listener) and finalizes it. */
+void tg_admin_handle(tg_request_t *r);
+
+#endif

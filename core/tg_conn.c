@@ -1,0 +1,357 @@
+/*
+ * tg_conn.c: client connections (see tg_conn.h).
+ *
+ * Reading a head: bytes are appended to the connection's buffer and the
+ * strict parser (tg_http.c) is run over what has arrived; it remembers how
+ * far it scanned, so a head sent one byte at a time costs linear time. A
+ * complete head is handed to tg_request_start(), which copies it out of the
+ * buffer; whatever follows it in the buffer is the body or the next
+ * pipelined request.
+ *
+ * Pipelined requests are served one at a time, in order. When a request
+ * finishes and bytes of the next are already buffered, the connection feeds
+ * itself an event instead of recursing, so a long pipeline cannot grow the
+ * stack and other connections get their turn.
+ */
+#include "tg_conn.h"
+#include "tg_log.h"
+#include "tg_pool.h"
+#include "tg_request.h"
+
+#include <errno.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+/* Accept at most this many connections per readiness event, so one busy
+ * listener cannot starve the connections already accepted. */
+#define TG_ACCEPT_BATCH 64
+
+static void conn_io_cb(struct ev_loop *loop, ev_io *io, int revents);
+static void conn_timer_cb(struct ev_loop *loop, ev_timer *t, int revents);
+static void conn_process(tg_conn_t *c);
+
+void tg_conn_set_events(tg_conn_t *c, int events) {
+    if (c->events == events) return;
+    struct ev_loop *loop = c->worker->loop;
+    ev_io_stop(loop, &c->io);
+    c->events = events;
+    if (events) {
+        ev_io_set(&c->io, c->fd, events);
+        ev_io_start(loop, &c->io);
+    }
+}
+
+void tg_conn_set_timer(tg_conn_t *c, int ms) {
+    struct ev_loop *loop = c->worker->loop;
+    if (ms <= 0) {
+        ev_timer_stop(loop, &c->timer);
+        return;
+    }
+    ev_timer_stop(loop, &c->timer);
+    ev_timer_set(&c->timer, ms / 1000.0, 0.);
+    ev_timer_start(loop, &c->timer);
+}
+
+void tg_conn_accept_cb(struct ev_loop *loop, ev_io *io, int revents) {
+    tg_listener_t *ls = io->data;
+    tg_worker_t *w = ls->worker;
+    for (int i = 0; i < TG_ACCEPT_BATCH && !w->draining; i++) {
+        struct sockaddr_storage sa;
+        socklen_t salen = sizeof(sa);
+        int fd = accept4(ls->fd, (struct sockaddr *)&sa, &salen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED) continue;
+            if (errno == EMFILE || errno == ENFILE) {
+                /* Out of descriptors: stop accepting until a connection
+                 * closes (worker re-enables listeners then). */
+                tg_log_error("accept() failed: %s; pausing accepts", strerror(errno));
+                for (int k = 0; k < w->nlisteners; k++) ev_io_stop(loop, &w->listeners[k].io);
+            }
+            return;
+        }
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        tg_conn_t *c = tg_xcalloc(1, sizeof(*c));
+        c->worker = w;
+        c->listener = ls;
+        c->fd = fd;
+        if (sa.ss_family == AF_INET) {
+            struct sockaddr_in *s4 = (struct sockaddr_in *)&sa;
+            inet_ntop(AF_INET, &s4->sin_addr, c->ip, sizeof(c->ip));
+            c->port = ntohs(s4->sin_port);
+        } else if (sa.ss_family == AF_INET6) {
+            struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&sa;
+            inet_ntop(AF_INET6, &s6->sin6_addr, c->ip, sizeof(c->ip));
+            c->port = ntohs(s6->sin6_port);
+        } else {
+            strcpy(c->ip, "unix");
+        }
+        ev_io_init(&c->io, conn_io_cb, fd, EV_READ);
+        c->io.data = c;
+        c->events = 0;
+        ev_init(&c->timer, conn_timer_cb);
+        c->timer.data = c;
+        tg_link_insert(&w->conns, &c->link);
+        w->nconns++;
+        w->my_stats->connections_active++;
+        w->my_stats->connections_total++;
+        /* The first request must arrive within header_timeout_ms. */
+        c->state = TG_CONN_HEAD;
+        tg_conn_set_events(c, EV_READ);
+        tg_conn_set_timer(c, w->conf->limits.header_timeout_ms);
+    }
+}
+
+void tg_conn_close(tg_conn_t *c) {
+    tg_worker_t *w = c->worker;
+    if (c->r) {
+        tg_request_t *r = c->r;
+        c->r = NULL;
+        r->conn = NULL;
+        tg_request_free(r);
+    }
+    ev_io_stop(w->loop, &c->io);
+    ev_timer_stop(w->loop, &c->timer);
+    close(c->fd);
+    tg_buf_put(&w->bufs, c->rbuf);
+    tg_wqueue_reset(&c->wq);
+    tg_link_remove(&c->link);
+    w->nconns--;
+    w->my_stats->connections_active--;
+    free(c);
+    tg_worker_conn_closed(w);
+}
+
+ssize_t tg_conn_read(tg_conn_t *c) {
+    if (c->rbuf == NULL) c->rbuf = tg_buf_get(&c->worker->bufs);
+    tg_buf_t *b = c->rbuf;
+    if (tg_buf_room(b) == 0) tg_buf_compact(b);
+    if (tg_buf_room(b) == 0) return TG_AGAIN;   /* caller must consume first */
+    for (;;) {
+        ssize_t n = read(c->fd, b->data + b->end, tg_buf_room(b));
+        if (n > 0) {
+            b->end += (size_t)n;
+            return n;
+        }
+        if (n == 0) return 0;
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return TG_AGAIN;
+        return TG_ERROR;
+    }
+}
+
+int tg_conn_send(tg_conn_t *c, const struct iovec *iov, int iovcnt) {
+    int rc = tg_wqueue_writev(&c->wq, c->fd, iov, iovcnt);
+    if (rc == TG_AGAIN) {
+        tg_conn_set_events(c, c->events | EV_WRITE);
+        tg_conn_set_timer(c, c->worker->conf->limits.send_timeout_ms);
+    }
+    return rc;
+}
+
+/* Sends a minimal error for a head that never became a request and closes
+ * after it. No request exists, so this is logged here. */
+static void reject_head(tg_conn_t *c, int status) {
+    char buf[512];
+    const char *reason = tg_http_status_text(status);
+    char body[128];
+    int blen = snprintf(body, sizeof(body), "{\"error\":\"%s\"}", reason);
+    int n = snprintf(buf, sizeof(buf),
+                     "HTTP/1.1 %d %s\r\nDate: %s\r\nContent-Type: application/json\r\n"
+                     "Content-Length: %d\r\nConnection: close\r\n\r\n%s",
+                     status, reason, tg_worker_date(c->worker), blen, body);
+    struct iovec iov = { buf, (size_t)n };
+    tg_log_info("rejected request head from %s: %d %s", c->ip, status, reason);
+    tg_worker_t *w = c->worker;
+    if (status >= 500) w->my_stats->status_5xx++; else w->my_stats->status_4xx++;
+    w->my_stats->requests++;
+    /* Whatever else the client sent is not a request: stop reading. */
+    tg_buf_put(&w->bufs, c->rbuf);
+    c->rbuf = NULL;
+    c->state = TG_CONN_LINGER;
+    int rc = tg_conn_send(c, &iov, 1);
+    if (rc == TG_AGAIN) {
+        tg_conn_set_events(c, EV_WRITE);
+        return;
+    }
+    /* Half-close so the client reads the response before the reset a close
+     * with unread input would cause. */
+    shutdown(c->fd, SHUT_WR);
+    tg_conn_close(c);
+}
+
+/* Parses whatever is buffered; starts a request when a head is complete. */
+static void conn_process(tg_conn_t *c) {
+    tg_worker_t *w = c->worker;
+    static tg_http_request_t parsed;   /* scratch: one head is parsed at a time */
+    tg_http_limits_t lim = {
+        .max_head = w->conf->limits.max_header_bytes,
+        .max_uri = w->conf->limits.max_uri_bytes,
+        .max_headers = w->conf->limits.max_headers,
+    };
+    tg_buf_t *b = c->rbuf;
+    if (b == NULL || tg_buf_len(b) == 0) return;
+    if (c->state == TG_CONN_IDLE) {
+        c->state = TG_CONN_HEAD;
+        memset(&c->scan, 0, sizeof(c->scan));
+        tg_conn_set_timer(c, w->conf->limits.header_timeout_ms);
+    }
+    int status = 0;
+    int rc = tg_http_parse_request(&c->scan, b->data + b->start, tg_buf_len(b), &lim, &parsed, &status);
+    if (rc == TG_AGAIN) {
+        if (tg_buf_len(b) >= lim.max_head) {
+            reject_head(c, 431);
+            return;
+        }
+        return;
+    }
+    if (rc == TG_ERROR) {
+        reject_head(c, status ? status : 400);
+        return;
+    }
+    memset(&c->scan, 0, sizeof(c->scan));
+    c->state = TG_CONN_REQUEST;
+    tg_conn_set_timer(c, 0);
+    tg_request_start(c, &parsed);
+}
+
+static void conn_read_head(tg_conn_t *c) {
+    ssize_t n = tg_conn_read(c);
+    if (n == TG_AGAIN) {
+        if (c->rbuf && tg_buf_room(c->rbuf) == 0 && c->rbuf->start == 0) {
+            reject_head(c, 431);
+            return;
+        }
+        if (c->rbuf && tg_buf_len(c->rbuf) == 0 && c->state == TG_CONN_IDLE) {
+            tg_buf_put(&c->worker->bufs, c->rbuf);
+            c->rbuf = NULL;
+        }
+        return;
+    }
+    if (n == 0 || n == TG_ERROR) {
+        /* Client went away (possibly mid-head: nothing to answer). */
+        tg_conn_close(c);
+        return;
+    }
+    conn_process(c);
+}
+
+static void conn_io_cb(struct ev_loop *loop, ev_io *io, int revents) {
+    tg_conn_t *c = io->data;
+    if (revents & EV_WRITE) {
+        int rc = tg_wqueue_flush(&c->wq, c->fd);
+        if (rc == TG_ERROR) {
+            tg_conn_close(c);
+            return;
+        }
+        if (rc == TG_OK) {
+            tg_conn_set_events(c, c->events & ~EV_WRITE);
+            if (c->state == TG_CONN_LINGER) {
+                shutdown(c->fd, SHUT_WR);
+                tg_conn_close(c);
+                return;
+            }
+            if (c->r) {
+                tg_request_client_writable(c->r);
+                return;   /* c may be gone */
+            }
+            /* The previous response drained: read the next request. */
+            tg_conn_set_events(c, EV_READ);
+            if (c->rbuf && tg_buf_len(c->rbuf) > 0) {
+                tg_conn_set_timer(c, c->worker->conf->limits.header_timeout_ms);
+                conn_process(c);
+            } else {
+                c->state = TG_CONN_IDLE;
+                tg_conn_set_timer(c, c->worker->conf->limits.keepalive_timeout_ms);
+            }
+            return;
+        }
+    }
+    if (revents & (EV_READ | EV_CUSTOM)) {
+        switch (c->state) {
+        case TG_CONN_IDLE:
+        case TG_CONN_HEAD:
+            if (revents & EV_READ) conn_read_head(c);
+            else conn_process(c);
+            break;
+        case TG_CONN_REQUEST:
+            if (c->r) tg_request_client_readable(c->r);
+            break;
+        case TG_CONN_LINGER:
+            break;
+        }
+    }
+}
+
+static void conn_timer_cb(struct ev_loop *loop, ev_timer *t, int revents) {
+    tg_conn_t *c = t->data;
+    switch (c->state) {
+    case TG_CONN_IDLE:
+        tg_conn_close(c);
+        break;
+    case TG_CONN_HEAD:
+        if (c->rbuf && tg_buf_len(c->rbuf) > 0) reject_head(c, 408);
+        else tg_conn_close(c);
+        break;
+    case TG_CONN_REQUEST:
+        if (c->r) tg_request_client_timeout(c->r);
+        else tg_conn_close(c);
+        break;
+    case TG_CONN_LINGER:
+        tg_conn_close(c);
+        break;
+    }
+}
+
+void tg_conn_request_done(tg_conn_t *c) {
+    tg_worker_t *w = c->worker;
+    c->r = NULL;
+    c->nrequests++;
+    if (c->close_after || w->draining) {
+        tg_buf_put(&w->bufs, c->rbuf);
+        c->rbuf = NULL;
+        if (!tg_wqueue_empty(&c->wq)) {
+            c->state = TG_CONN_LINGER;
+            tg_conn_set_events(c, EV_WRITE);
+            tg_conn_set_timer(c, w->conf->limits.send_timeout_ms);
+            return;
+        }
+        shutdown(c->fd, SHUT_WR);
+        tg_conn_close(c);
+        return;
+    }
+    c->state = TG_CONN_IDLE;
+    memset(&c->scan, 0, sizeof(c->scan));
+    if (!tg_wqueue_empty(&c->wq)) {
+        /* Let the last response drain before reading the next request:
+         * a client that pipelines without reading gets backpressure. */
+        c->state = TG_CONN_HEAD;
+        tg_conn_set_events(c, EV_WRITE);
+        tg_conn_set_timer(c, w->conf->limits.send_timeout_ms);
+        return;
+    }
+    if (c->rbuf && tg_buf_len(c->rbuf) > 0) {
+        /* A pipelined request is already buffered. */
+        c->state = TG_CONN_HEAD;
+        tg_conn_set_timer(c, w->conf->limits.header_timeout_ms);
+        tg_conn_set_events(c, EV_READ);
+        ev_feed_event(w->loop, &c->io, EV_CUSTOM);
+        return;
+    }
+    tg_buf_put(&w->bufs, c->rbuf);
+    c->rbuf = NULL;
+    tg_conn_set_events(c, EV_READ);
+    tg_conn_set_timer(c, w->conf->limits.keepalive_timeout_ms);
+}
+
+void tg_conn_drain(tg_conn_t *c) {
+    if (c->state == TG_CONN_IDLE) {
+        tg_conn_close(c);
+        return;
+    }
+    c->close_after = 1;
+}

@@ -1,0 +1,49 @@
+/*
+ * tg_core.h: what every core file shares: the return-code set, string
+ * slices and a few small helpers. Nothing here allocates.
+ *
+ * Return codes (nginx's set): a function returns one of these, never an HTTP
+ * status. HTTP statuses travel separately into tg_request_finalize().
+ */
+#ifndef TG_CORE_H
+#define TG_CORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <strings.h>
+
+#define TG_OK        0
+#define TG_ERROR    -1
+#define TG_AGAIN    -2   /* needs more input / would block; call again */
+#define TG_DECLINED -3   /* not mine / not applicable */
+#define TG_DONE     -4   /* finished, nothing more to do */
+
+/* A slice: pointer + length, not NUL-terminated. Borrowed: the owner of the
+ * memory it points into is stated wherever a slice is stored. */
+typedef struct {
+    const char *p;
+    size_t      len;
+} tg_str_t;
+
+#define tg_string(s)     ((tg_str_t){ (s), sizeof(s) - 1 })
+#define tg_null_string   ((tg_str_t){ NULL, 0 })
+#define tg_nelems(a)     (sizeof(a) / sizeof((a)[0]))
+#define tg_min(a, b)     ((a) < (b) ? (a) : (b))
+#define tg_max(a, b)     ((a) > (b) ? (a) : (b))
+#define tg_unused(x)     ((void)(x))
+#define tg_likely(x)     __builtin_expect(!!(x), 1)
+#define tg_unlikely(x)   __builtin_expect(!!(x), 0)
+
+static inline int tg_str_eq(tg_str_t a, const char *lit, size_t litlen) {
+    return a.len == litlen && memcmp(a.p, lit, litlen) == 0;
+}
+
+static inline int tg_str_caseeq(tg_str_t a, const char *lit, size_t litlen) {
+    return a.len == litlen && strncasecmp(a.p, lit, litlen) == 0;
+}
+
+#define tg_str_eq_lit(s, lit)     tg_str_eq((s), (lit), sizeof(lit) - 1)
+#define tg_str_caseeq_lit(s, lit) tg_str_caseeq((s), (lit), sizeof(lit) - 1)
+
+#endif

@@ -1,0 +1,522 @@
+/*
+ * tg_request.c: a request from its complete head to its access-log line
+ * (see tg_request.h): routing, local responses (errors, static `response:`
+ * routes, echo), the request-body pump shared with the proxy, finalization
+ * and logging.
+ */
+#include "tg_request.h"
+#include "tg_admin.h"
+#include "tg_conn.h"
+#include "tg_log.h"
+#include "tg_proxy.h"
+#include "tg_router.h"
+#include "tg_upstream.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <http_parser.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/uio.h>
+#include <time.h>
+
+/* Request pools start with one block big enough for the head copy, the
+ * parsed header array and the rebuilt upstream head of a typical request. */
+#define TG_REQUEST_POOL_BLOCK (16 * 1024)
+/* Access-log lines longer than this are truncated (paths are the only long
+ * field and they are bounded by max_uri_bytes, 8 KiB by default). */
+#define TG_ACCESS_LINE_MAX 12288
+
+static void rebase(tg_str_t *s, const char *from, const char *to) {
+    if (s->p) s->p = to + (s->p - from);
+}
+
+tg_str_t tg_request_header(const tg_request_t *r, const char *name, size_t len) {
+    const tg_http_header_t *h = tg_http_header_find(r->http->headers, r->http->nheaders, name, len);
+    return h ? h->value : tg_null_string;
+}
+
+/* Host without the port, lowercased, into r->host. TG_ERROR if unusable. */
+static int set_host(tg_request_t *r) {
+    tg_str_t h = r->http->host;
+    size_t n = h.len;
+    if (n && h.p[0] == '[') {
+        const char *e = memchr(h.p, ']', n);
+        if (e == NULL) return TG_ERROR;
+        n = (size_t)(e - h.p) + 1;
+    } else {
+        const char *colon = memchr(h.p, ':', n);
+        if (colon) n = (size_t)(colon - h.p);
+    }
+    if (n >= sizeof(r->host)) return TG_ERROR;
+    for (size_t i = 0; i < n; i++) r->host[i] = (char)tolower((unsigned char)h.p[i]);
+    r->host[n] = '\0';
+    r->host_len = n;
+    return TG_OK;
+}
+
+/* Path after strip_prefix, plus the query: what the upstream is asked for. */
+static void set_upstream_uri(tg_request_t *r) {
+    const tg_conf_route_t *rt = r->route;
+    const char *p = r->path.p;
+    size_t n = r->path.len;
+    if (rt->strip_prefix && n >= rt->strip_prefix_len
+        && memcmp(p, rt->strip_prefix, rt->strip_prefix_len) == 0
+        && (n == rt->strip_prefix_len || p[rt->strip_prefix_len] == '/'
+            || rt->strip_prefix[rt->strip_prefix_len - 1] == '/')) {
+        p += rt->strip_prefix_len;
+        n -= rt->strip_prefix_len;
+        if (rt->strip_prefix[rt->strip_prefix_len - 1] == '/') {
+            /* "/api/" stripped from "/api/x" leaves "x": keep its slash. */
+            p--;
+            n++;
+        }
+    }
+    tg_str_t q = r->http->query;
+    size_t total = (n ? n : 1) + (q.p ? q.len + 1 : 0);
+    char *u = tg_pool_alloc(r->pool, total + 1);
+    size_t k = 0;
+    if (n == 0) u[k++] = '/';
+    else { memcpy(u, p, n); k = n; }
+    if (q.p) {
+        u[k++] = '?';
+        memcpy(u + k, q.p, q.len);
+        k += q.len;
+    }
+    u[k] = '\0';
+    r->upstream_uri.p = u;
+    r->upstream_uri.len = k;
+}
+
+static void respond_echo(tg_request_t *r);
+
+void tg_request_start(tg_conn_t *c, const tg_http_request_t *parsed) {
+    tg_worker_t *w = c->worker;
+    tg_pool_t *pool = tg_pool_create(TG_REQUEST_POOL_BLOCK);
+    tg_request_t *r = tg_pool_calloc(pool, sizeof(*r));
+    r->pool = pool;
+    r->conn = c;
+    r->worker = w;
+    r->start = ev_now(w->loop);
+    r->target = -1;
+    r->phase = TG_PHASE_ROUTE;
+    c->r = r;
+
+    /* Copy the head out of the connection buffer: the buffer is reused for
+     * the body and the next request, the request keeps its head. */
+    tg_buf_t *b = c->rbuf;
+    const char *base = b->data + b->start;
+    r->head = tg_pool_alloc(pool, parsed->head_len);
+    memcpy(r->head, base, parsed->head_len);
+    size_t hsize = offsetof(tg_http_request_t, headers)
+                 + sizeof(tg_http_header_t) * (size_t)parsed->nheaders;
+    r->http = tg_pool_alloc(pool, sizeof(tg_http_request_t));
+    memcpy(r->http, parsed, hsize);
+    memcpy(&r->http->nheaders, &parsed->nheaders,
+           sizeof(tg_http_request_t) - offsetof(tg_http_request_t, nheaders));
+    tg_http_request_t *h = r->http;
+    rebase(&h->method_name, base, r->head);
+    rebase(&h->target, base, r->head);
+    rebase(&h->path, base, r->head);
+    rebase(&h->query, base, r->head);
+    rebase(&h->host, base, r->head);
+    for (int i = 0; i < h->nheaders; i++) {
+        rebase(&h->headers[i].name, base, r->head);
+        rebase(&h->headers[i].value, base, r->head);
+    }
+    b->start += parsed->head_len;
+
+    if (h->chunked) {
+        r->has_body = 1;
+    } else if (h->content_length > 0) {
+        r->has_body = 1;
+        r->body_left = h->content_length;
+    } else {
+        r->body_done = 1;
+    }
+    if (!h->keepalive) c->close_after = 1;
+    if (c->nrequests + 1 >= w->conf->limits.max_keepalive_requests) c->close_after = 1;
+
+    if (set_host(r) != TG_OK) {
+        tg_request_finalize(r, 400);
+        return;
+    }
+    char *np = tg_pool_alloc(pool, h->path.len + 1);
+    ssize_t nlen = tg_http_normalize_path(h->path.p, h->path.len, np);
+    if (nlen < 0) {
+        tg_request_finalize(r, 400);
+        return;
+    }
+    np[nlen] = '\0';
+    r->path.p = np;
+    r->path.len = (size_t)nlen;
+
+    if (w->conf->limits.max_body_bytes && h->content_length > 0
+        && (uint64_t)h->content_length > w->conf->limits.max_body_bytes) {
+        tg_request_finalize(r, 413);
+        return;
+    }
+
+    if (c->listener->admin) {
+        tg_admin_handle(r);
+        return;
+    }
+
+    r->route = tg_router_match(w->conf->router, r->host, r->host_len, h->method,
+                               c->listener->port, r->path.p, r->path.len);
+    if (r->route == NULL) {
+        tg_request_finalize(r, 404);
+        return;
+    }
+    set_upstream_uri(r);
+
+    /* REWRITE and ACCESS run here once the Lua runtime lands. */
+    r->phase = TG_PHASE_ACCESS;
+
+    const tg_conf_response_t *resp = r->route->response;
+    if (resp) {
+        if (resp->echo) {
+            respond_echo(r);
+            return;
+        }
+        tg_request_respond(r, resp->status, resp->content_type, resp->body, resp->body_len, NULL);
+        return;
+    }
+    r->phase = TG_PHASE_BALANCER;
+    tg_proxy_start(r);
+}
+
+/* Skips a request body that is already entirely buffered, so that a local
+ * reply sent without reading it can keep the connection. Otherwise the
+ * connection closes after the reply: the body is never parsed as a request. */
+static void skip_buffered_body(tg_request_t *r) {
+    tg_conn_t *c = r->conn;
+    if (r->body_done) return;
+    tg_buf_t *b = c->rbuf;
+    size_t len = b ? tg_buf_len(b) : 0;
+    if (!r->http->chunked) {
+        if ((int64_t)len >= r->body_left) {
+            b->start += (size_t)r->body_left;
+            r->body_left = 0;
+            r->body_done = 1;
+            return;
+        }
+    } else if (len > 0) {
+        tg_http_chunked_t copy = r->body_chunked;
+        size_t off = 0;
+        for (;;) {
+            const char *d;
+            size_t dl;
+            ssize_t n = tg_http_chunked_decode(&copy, b->data + b->start + off, len - off, &d, &dl);
+            if (n < 0) break;
+            off += (size_t)n;
+            if (copy.done) {
+                b->start += off;
+                r->body_done = 1;
+                return;
+            }
+            if (off >= len || n == 0) break;
+        }
+    }
+    c->close_after = 1;
+}
+
+void tg_request_respond(tg_request_t *r, int status, const char *content_type,
+                        const char *body, size_t len, const char *headers) {
+    tg_conn_t *c = r->conn;
+    skip_buffered_body(r);
+    if (r->worker->draining) c->close_after = 1;
+    char *head = tg_pool_alloc(r->pool, 512 + (headers ? strlen(headers) : 0));
+    const char *conn_hdr = c->close_after ? "Connection: close\r\n"
+                         : (r->http->http_minor == 0 ? "Connection: keep-alive\r\n" : "");
+    int n = sprintf(head,
+                    "HTTP/1.1 %d %s\r\nDate: %s\r\nServer: tollgate\r\n"
+                    "Content-Type: %s\r\nContent-Length: %zu\r\n%s%s\r\n",
+                    status, tg_http_status_text(status), tg_worker_date(r->worker),
+                    content_type ? content_type : "application/json", len,
+                    headers ? headers : "", conn_hdr);
+    struct iovec iov[2] = { { head, (size_t)n }, { (void *)body, len } };
+    int iovcnt = (r->http->method == HTTP_HEAD || len == 0) ? 1 : 2;
+    r->status = status;
+    r->header_sent = 1;
+    r->frame = TG_FRAME_LENGTH;
+    int rc = tg_conn_send(c, iov, iovcnt);
+    if (rc == TG_ERROR) {
+        c->close_after = 1;
+    } else {
+        r->bytes_sent = (size_t)n + (iovcnt == 2 ? len : 0);
+    }
+    r->response_done = 1;
+    tg_request_done(r);
+}
+
+void tg_request_finalize(tg_request_t *r, int status) {
+    if (r->uc) tg_proxy_abort(r);
+    if (r->header_sent) {
+        /* Too late to change the response: truncate it by closing. */
+        r->conn->close_after = 1;
+        if (!r->status) r->status = status;
+        tg_request_done(r);
+        return;
+    }
+    char body[128];
+    int n = snprintf(body, sizeof(body), "{\"error\":\"%s\"}", tg_http_status_text(status));
+    /* 408 and 400 close: the stream can no longer be trusted. */
+    if (status == 400 || status == 408 || status == 413 || status == 414 || status == 431)
+        if (!r->body_done) r->conn->close_after = 1;
+    if (status == 400 || status == 408) r->conn->close_after = 1;
+    char *copy = tg_pool_strndup(r->pool, body, (size_t)n);
+    tg_request_respond(r, status, "application/json", copy, (size_t)n, NULL);
+}
+
+/* ISO 8601 UTC time with milliseconds, for the access log. */
+static size_t format_time(char *out, size_t cap, ev_tstamp t) {
+    time_t s = (time_t)t;
+    struct tm tm;
+    gmtime_r(&s, &tm);
+    size_t n = strftime(out, cap, "%Y-%m-%dT%H:%M:%S", &tm);
+    n += (size_t)snprintf(out + n, cap - n, ".%03dZ", (int)((t - (double)s) * 1000));
+    return n;
+}
+
+#define LOG_LIT(s) do { size_t _l = sizeof(s) - 1; if (pos + _l < cap) { memcpy(line + pos, s, _l); pos += _l; } } while (0)
+#define LOG_STR(p, l) do { line[pos++] = '"'; tg_json_escape(line, cap - 2, &pos, (p), (l)); line[pos++] = '"'; } while (0)
+#define LOG_FMT(...) do { int _n = snprintf(line + pos, cap - pos, __VA_ARGS__); if (_n > 0) pos = tg_min(cap - 1, pos + (size_t)_n); } while (0)
+
+static void access_log(tg_request_t *r) {
+    if (!tg_access_log_enabled()) return;
+    char line[TG_ACCESS_LINE_MAX];
+    size_t cap = sizeof(line) - 64, pos = 0;
+    ev_tstamp now = ev_now(r->worker->loop);
+    LOG_LIT("{\"time\":\"");
+    pos += format_time(line + pos, cap - pos, r->start);
+    LOG_LIT("\"");
+    if (r->request_id) {
+        LOG_LIT(",\"request_id\":");
+        LOG_STR(r->request_id, strlen(r->request_id));
+    }
+    LOG_LIT(",\"client_ip\":");
+    LOG_STR(r->conn ? r->conn->ip : "-", r->conn ? strlen(r->conn->ip) : 1);
+    LOG_LIT(",\"method\":");
+    LOG_STR(r->http->method_name.p, r->http->method_name.len);
+    /* The path only: query strings carry API keys and tokens. */
+    LOG_LIT(",\"path\":");
+    LOG_STR(r->http->path.p, r->http->path.len);
+    LOG_FMT(",\"status\":%d,\"bytes_sent\":%llu,\"request_bytes\":%llu,\"duration_ms\":%.3f",
+            r->status, (unsigned long long)r->bytes_sent,
+            (unsigned long long)(r->http->head_len + r->body_bytes), (now - r->start) * 1000.0);
+    if (r->route) {
+        LOG_LIT(",\"route\":");
+        LOG_STR(r->route->name, strlen(r->route->name));
+    }
+    if (r->upstream && r->target >= 0) {
+        const tg_conf_upstream_t *u = r->upstream->conf;
+        LOG_LIT(",\"upstream\":");
+        LOG_STR(u->name, strlen(u->name));
+        LOG_LIT(",\"upstream_addr\":");
+        const char *a = u->targets[r->target].addr.text;
+        LOG_STR(a, strlen(a));
+        if (r->upstream_status) LOG_FMT(",\"upstream_status\":%d", r->upstream_status);
+        LOG_FMT(",\"upstream_ms\":%.3f", r->upstream_ms);
+    }
+    LOG_LIT("}");
+    tg_access_log_append(line, pos);
+}
+
+static void log_phase(tg_request_t *r) {
+    if (r->phase == TG_PHASE_DONE) return;
+    r->phase = TG_PHASE_LOG;
+    /* LOG plugins run here once the Lua runtime lands. */
+    tg_stats_worker_t *st = r->worker->my_stats;
+    st->requests++;
+    int s = r->status;
+    if (s >= 500) st->status_5xx++;
+    else if (s >= 400) st->status_4xx++;
+    else if (s >= 300) st->status_3xx++;
+    else st->status_2xx++;
+    access_log(r);
+    r->phase = TG_PHASE_DONE;
+}
+
+void tg_request_done(tg_request_t *r) {
+    tg_conn_t *c = r->conn;
+    log_phase(r);
+    if (!r->body_done) c->close_after = 1;
+    tg_request_free(r);
+    tg_conn_request_done(c);
+}
+
+void tg_request_free(tg_request_t *r) {
+    if (r->uc) tg_proxy_abort(r);
+    if (r->phase != TG_PHASE_DONE) {
+        /* The client went away mid-request: log it as nginx's 499. */
+        if (!r->status || !r->response_done) r->status = 499;
+        log_phase(r);
+    }
+    if (r->conn && r->conn->r == r) r->conn->r = NULL;
+    tg_pool_destroy(r->pool);
+}
+
+int tg_request_body_pump(tg_request_t *r, tg_body_sink_pt sink) {
+    tg_conn_t *c = r->conn;
+    tg_worker_t *w = r->worker;
+    uint64_t max = w->conf->limits.max_body_bytes;
+    for (;;) {
+        tg_buf_t *b = c->rbuf;
+        size_t len = b ? tg_buf_len(b) : 0;
+        if (r->body_done) {
+            return sink(r, NULL, 0, 1) == TG_ERROR ? TG_ERROR : TG_OK;
+        }
+        if (len > 0) {
+            const char *data;
+            size_t dlen;
+            if (r->http->chunked) {
+                ssize_t n = tg_http_chunked_decode(&r->body_chunked, b->data + b->start, len, &data, &dlen);
+                if (n < 0) {
+                    tg_log_write(TG_LOG_INFO, r->request_id, "malformed chunked request body from %s", c->ip);
+                    c->close_after = 1;
+                    tg_request_finalize(r, 400);
+                    return TG_ERROR;
+                }
+                b->start += (size_t)n;
+                if (r->body_chunked.done) r->body_done = 1;
+            } else {
+                size_t n = (size_t)tg_min((int64_t)len, r->body_left);
+                data = b->data + b->start;
+                dlen = n;
+                b->start += n;
+                r->body_left -= (int64_t)n;
+                if (r->body_left == 0) r->body_done = 1;
+            }
+            r->body_bytes += dlen;
+            if (max && r->body_bytes > max) {
+                c->close_after = 1;
+                tg_request_finalize(r, 413);
+                return TG_ERROR;
+            }
+            if (dlen == 0 && !r->body_done) continue;
+            int rc = sink(r, data, dlen, r->body_done);
+            if (rc == TG_ERROR) return TG_ERROR;
+            if (r->body_done) return TG_OK;
+            if (rc == TG_AGAIN) return TG_AGAIN;
+            continue;
+        }
+        if (r->http->expect_continue && !r->continue_sent) {
+            static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+            struct iovec iov = { (void *)cont, sizeof(cont) - 1 };
+            r->continue_sent = 1;
+            if (tg_conn_send(c, &iov, 1) == TG_ERROR) {
+                tg_request_finalize(r, 400);
+                return TG_ERROR;
+            }
+        }
+        ssize_t n = tg_conn_read(c);
+        if (n > 0) continue;
+        if (n == TG_AGAIN) {
+            tg_conn_set_events(c, c->events | EV_READ);
+            tg_conn_set_timer(c, w->conf->limits.body_timeout_ms);
+            return TG_AGAIN;
+        }
+        /* EOF or error mid-body: the client is gone or broke the stream. */
+        tg_log_write(TG_LOG_INFO, r->request_id, "client %s closed the connection while sending the body", c->ip);
+        tg_conn_close(c);
+        return TG_ERROR;
+    }
+}
+
+/* ---- echo: answers with the request as JSON ---- */
+
+static int echo_sink(tg_request_t *r, const char *data, size_t len, int last) {
+    if (len) {
+        size_t have = r->body_mem ? strlen(r->body_mem) : 0;
+        /* Body bytes are kept as a C string; NULs are escaped on output
+         * through the recorded length, so track length separately. */
+        char *nb = tg_pool_alloc(r->pool, (size_t)r->body_bytes + 1);
+        if (r->body_mem) memcpy(nb, r->body_mem, (size_t)r->body_bytes - len);
+        memcpy(nb + (size_t)r->body_bytes - len, data, len);
+        nb[r->body_bytes] = '\0';
+        r->body_mem = nb;
+        (void)have;
+    }
+    if (last) {
+        tg_conn_set_events(r->conn, r->conn->events & ~EV_READ);
+        tg_conn_set_timer(r->conn, 0);
+        respond_echo(r);
+        return TG_ERROR;   /* the request is finished; stop the pump */
+    }
+    return TG_OK;
+}
+
+static void respond_echo(tg_request_t *r) {
+    if (!r->body_done) {
+        int rc = tg_request_body_pump(r, echo_sink);
+        (void)rc;   /* echo_sink answers when the body is complete */
+        return;
+    }
+    tg_http_request_t *h = r->http;
+    size_t cap = 256 + h->head_len * 6 + (size_t)r->body_bytes * 6 + strlen(r->route->name) * 6;
+    char *line = tg_pool_alloc(r->pool, cap);
+    size_t pos = 0;
+    cap -= 8;
+    LOG_LIT("{\"method\":");
+    LOG_STR(h->method_name.p, h->method_name.len);
+    LOG_LIT(",\"path\":");
+    LOG_STR(r->path.p, r->path.len);
+    LOG_LIT(",\"query\":");
+    if (h->query.p) LOG_STR(h->query.p, h->query.len);
+    else LOG_LIT("null");
+    LOG_LIT(",\"uri\":");
+    LOG_STR(h->target.p, h->target.len);
+    LOG_FMT(",\"http_version\":\"1.%d\",\"client_ip\":", h->http_minor);
+    LOG_STR(r->conn->ip, strlen(r->conn->ip));
+    LOG_LIT(",\"route\":");
+    LOG_STR(r->route->name, strlen(r->route->name));
+    LOG_LIT(",\"headers\":{");
+    for (int i = 0; i < h->nheaders; i++) {
+        char name[256];
+        size_t nl = tg_min(h->headers[i].name.len, sizeof(name));
+        for (size_t k = 0; k < nl; k++) name[k] = (char)tolower((unsigned char)h->headers[i].name.p[k]);
+        if (i) LOG_LIT(",");
+        LOG_STR(name, nl);
+        LOG_LIT(":");
+        LOG_STR(h->headers[i].value.p, h->headers[i].value.len);
+    }
+    LOG_LIT("},\"body\":");
+    if (r->body_mem) LOG_STR(r->body_mem, (size_t)r->body_bytes);
+    else LOG_LIT("\"\"");
+    LOG_LIT("}");
+    tg_request_respond(r, r->route->response->status, "application/json", line, pos, NULL);
+}
+
+void tg_request_client_readable(tg_request_t *r) {
+    if (r->phase >= TG_PHASE_BALANCER && r->route && r->route->upstream) {
+        tg_proxy_client_readable(r);
+        return;
+    }
+    if (!r->body_done) {
+        tg_request_body_pump(r, echo_sink);
+        return;
+    }
+    /* Bytes of a pipelined request arrived while this one runs: leave them
+     * in the socket until this response is out. */
+    tg_conn_set_events(r->conn, r->conn->events & ~EV_READ);
+}
+
+void tg_request_client_writable(tg_request_t *r) {
+    if (r->phase >= TG_PHASE_BALANCER && r->route && r->route->upstream) {
+        tg_proxy_client_writable(r);
+    }
+}
+
+void tg_request_client_timeout(tg_request_t *r) {
+    if (r->phase >= TG_PHASE_BALANCER && r->route && r->route->upstream) {
+        tg_proxy_client_timeout(r);
+        return;
+    }
+    if (!r->body_done) {
+        tg_log_write(TG_LOG_INFO, r->request_id, "client %s timed out sending the body", r->conn->ip);
+        tg_request_finalize(r, 408);
+        return;
+    }
+    tg_conn_close(r->conn);
+}

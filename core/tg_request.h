@@ -1,0 +1,153 @@
+/*
+ * tg_request.h: one request's life, from a complete head to the access-log
+ * line. The steps are an explicit state machine (house style 8):
+ *
+ *   ROUTE -> REWRITE -> ACCESS -> BALANCER -> PROXY (send head + stream body
+ *   up, read response head) -> HEADER_FILTER -> BODY_FILTER (stream body
+ *   down) -> LOG
+ *
+ * REWRITE / ACCESS / HEADER_FILTER / BODY_FILTER are where the Lua runtime
+ * plugs in; a route with no plugin for a phase skips it without cost. A
+ * local response (404, a static `response:` route, an error) jumps to LOG
+ * through tg_request_finalize(); LOG always runs exactly once.
+ *
+ * Memory: the request's pool holds a copy of the head (the connection's
+ * buffer is reused for the body and the next request) and everything else
+ * request-scoped; tg_request_free() releases it in one step.
+ */
+#ifndef TG_REQUEST_H
+#define TG_REQUEST_H
+
+#include "tg_core.h"
+#include "tg_conf.h"
+#include "tg_http.h"
+#include "tg_pool.h"
+#include "tg_worker.h"
+
+struct tg_upconn_s;
+
+typedef enum {
+    TG_PHASE_ROUTE = 0,
+    TG_PHASE_REWRITE,
+    TG_PHASE_ACCESS,
+    TG_PHASE_BALANCER,
+    TG_PHASE_PROXY,
+    TG_PHASE_HEADER_FILTER,
+    TG_PHASE_BODY_FILTER,
+    TG_PHASE_LOG,
+    TG_PHASE_DONE,
+} tg_phase_e;
+
+/* How the response body is framed on the way to the client. */
+typedef enum {
+    TG_FRAME_NONE = 0,      /* no body */
+    TG_FRAME_LENGTH,        /* Content-Length */
+    TG_FRAME_CHUNKED,       /* chunked (HTTP/1.1 clients) */
+    TG_FRAME_CLOSE,         /* until close (HTTP/1.0 clients, unknown length) */
+} tg_frame_e;
+
+struct tg_request_s {
+    tg_conn_t          *conn;
+    tg_worker_t        *worker;
+    tg_pool_t          *pool;
+    tg_phase_e          phase;
+    ev_tstamp           start;
+
+    tg_http_request_t  *http;          /* slices into `head` */
+    char               *head;          /* copy of the request head */
+    tg_str_t            path;          /* normalized path (in the pool) */
+    char                host[256];     /* Host without port, lowercased */
+    size_t              host_len;
+    const tg_conf_route_t *route;
+    tg_str_t            upstream_uri;  /* path after strip_prefix + query */
+
+    /* request body, as read from the client */
+    int64_t             body_left;     /* Content-Length bytes still to read */
+    tg_http_chunked_t   body_chunked;
+    uint64_t            body_bytes;    /* decoded body bytes received */
+    unsigned            has_body:1;
+    unsigned            body_done:1;
+    unsigned            continue_sent:1;
+    char               *body_mem;      /* whole body (echo), in the pool */
+
+    /* upstream side (tg_proxy.c) */
+    tg_upstream_t      *upstream;
+    struct tg_upconn_s *uc;
+    int                 target;        /* -1 before the balancer ran */
+    uint64_t            tried;         /* bit mask of targets tried */
+    int                 attempts;
+    ev_tstamp           upstream_start;
+    double              upstream_ms;   /* time to the response head, last try */
+    int                 upstream_status;
+    tg_http_response_t *resp;
+    tg_http_scan_t      resp_scan;
+    int64_t             resp_left;     /* upstream Content-Length left */
+    tg_http_chunked_t   resp_chunked;
+    unsigned            resp_from_upstream_chunked:1;
+    unsigned            resp_until_close:1;
+    unsigned            resp_started:1;  /* a response byte came back */
+    unsigned            upstream_reusable:1;
+    unsigned            tunnel:1;
+    unsigned            up_body_sent:1;  /* whole request body handed upstream */
+    unsigned            resp_up_done:1;  /* whole upstream body read */
+    unsigned            early_response:1;/* answered before the body was sent */
+    unsigned            no_pool:1;       /* next attempt needs a fresh connection */
+    unsigned            stale_replayed:1;/* replayed once after a stale pooled conn */
+    unsigned            active_counted:1;/* counted in the target's `active` */
+    int                 last_error;      /* status of the last failed attempt */
+    int                 proxy_state;
+
+    /* response to the client */
+    int                 status;
+    tg_frame_e          frame;
+    unsigned            header_sent:1;
+    unsigned            response_done:1;
+    uint64_t            bytes_sent;    /* bytes handed to the socket */
+
+    const char         *request_id;    /* set by the request-id plugin */
+};
+
+/* Takes a complete head from c->rbuf (parsed into `parsed`, slices into the
+ * buffer), copies it into a new request, consumes it from the buffer and
+ * runs the request. */
+void tg_request_start(tg_conn_t *c, const tg_http_request_t *parsed);
+
+/* Ends the request with `status`: when no response head was sent yet, sends
+ * a JSON error body {"error":"<reason>"}; when it was, the response cannot
+ * be fixed any more and the connection is closed after what was sent. Then
+ * LOG runs and the connection moves on. */
+void tg_request_finalize(tg_request_t *r, int status);
+
+/* Sends a complete local response (head + body) and finalizes. headers are
+ * extra "Name: value\r\n" lines (may be NULL). */
+void tg_request_respond(tg_request_t *r, int status, const char *content_type,
+                        const char *body, size_t len, const char *headers);
+
+/* The response is completely handed to the socket: LOG, then the
+ * connection's next step. */
+void tg_request_done(tg_request_t *r);
+
+/* Called by the connection when its write queue drained. */
+void tg_request_client_writable(tg_request_t *r);
+/* Called by the connection when the client socket is readable. */
+void tg_request_client_readable(tg_request_t *r);
+/* Called by the connection timer while a request runs. */
+void tg_request_client_timeout(tg_request_t *r);
+
+/* Request body pump shared by the proxy and local responses: delivers body
+ * data from the client to `sink` until the body ends (TG_OK), the client
+ * must be waited for (TG_AGAIN, read watcher armed) or `sink` says it is
+ * full (TG_AGAIN, sink's job to resume), or an error finalized the request
+ * (TG_ERROR). sink returns TG_OK to continue or TG_AGAIN to stop after
+ * taking the data; `last` is 1 with the final (possibly empty) piece. */
+typedef int (*tg_body_sink_pt)(tg_request_t *r, const char *data, size_t len, int last);
+int tg_request_body_pump(tg_request_t *r, tg_body_sink_pt sink);
+
+/* Frees the request and its pool (stops nothing: callers close the
+ * upstream side first). */
+void tg_request_free(tg_request_t *r);
+
+/* Header value of the client request (case-insensitive), or a NULL slice. */
+tg_str_t tg_request_header(const tg_request_t *r, const char *name, size_t len);
+
+#endif
