@@ -21,6 +21,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -174,6 +175,10 @@ static void spawn(tg_master_t *m, int slot) {
         return;
     }
     if (pid == 0) {
+        /* A worker whose master died (kill -9) drains and exits instead of
+         * serving on unsupervised. */
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        if (getppid() == 1) _exit(0);
         int rc = tg_worker_run(m->conf, st, m->generation, m->stats, fds, m->admin.fd);
         _exit(rc);
     }

@@ -21,7 +21,9 @@
  * The first stdout line is "listening <port>" (flushed) once the socket is
  * bound and listening, so a spec can start it and read the port race-free.
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <ev.h>
 #include <http_parser.h>
 
@@ -1444,5 +1446,8 @@ int main(int argc, char **argv)
 
     /* Open connections die with the process; the kernel closes them. */
     close(srv.lfd);
+    buf_free(&srv.fixed_keepalive);
+    buf_free(&srv.fixed_close);
+    buf_free(&srv.fixed_keepalive10);
     return 0;
 }
