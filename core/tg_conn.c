@@ -153,6 +153,43 @@ int tg_conn_send(tg_conn_t *c, const struct iovec *iov, int iovcnt) {
     return rc;
 }
 
+/* How long a closing connection keeps reading (and discarding) what the
+ * client still sends, so that closing with unread input does not reset the
+ * connection before the client has read our last response (nginx's
+ * lingering close). */
+#define TG_LINGER_MS 2000
+#define TG_LINGER_MAX_READS 64   /* bounded work per readiness event */
+
+/* Last response handed to the socket: once it is flushed, half-close, drain
+ * the client's input for a while, then close. */
+static void linger_start(tg_conn_t *c) {
+    tg_worker_t *w = c->worker;
+    c->state = TG_CONN_LINGER;
+    tg_buf_put(&w->bufs, c->rbuf);
+    c->rbuf = NULL;
+    if (!tg_wqueue_empty(&c->wq)) {
+        tg_conn_set_events(c, EV_WRITE);
+        tg_conn_set_timer(c, w->conf->limits.send_timeout_ms);
+        return;
+    }
+    shutdown(c->fd, SHUT_WR);
+    c->lingering = 1;
+    tg_conn_set_events(c, EV_READ);
+    tg_conn_set_timer(c, TG_LINGER_MS);
+}
+
+static void linger_read(tg_conn_t *c) {
+    char sink[4096];
+    for (int i = 0; i < TG_LINGER_MAX_READS; i++) {
+        ssize_t n = read(c->fd, sink, sizeof(sink));
+        if (n > 0) continue;
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+        break;   /* EOF or error: the client is done */
+    }
+    tg_conn_close(c);
+}
+
 /* Sends a minimal error for a head that never became a request and closes
  * after it. No request exists, so this is logged here. */
 static void reject_head(tg_conn_t *c, int status) {
@@ -169,19 +206,12 @@ static void reject_head(tg_conn_t *c, int status) {
     tg_worker_t *w = c->worker;
     if (status >= 500) w->my_stats->status_5xx++; else w->my_stats->status_4xx++;
     w->my_stats->requests++;
-    /* Whatever else the client sent is not a request: stop reading. */
-    tg_buf_put(&w->bufs, c->rbuf);
-    c->rbuf = NULL;
-    c->state = TG_CONN_LINGER;
-    int rc = tg_conn_send(c, &iov, 1);
-    if (rc == TG_AGAIN) {
-        tg_conn_set_events(c, EV_WRITE);
+    /* Whatever else the client sent is not a request: never parse it. */
+    if (tg_conn_send(c, &iov, 1) == TG_ERROR) {
+        tg_conn_close(c);
         return;
     }
-    /* Half-close so the client reads the response before the reset a close
-     * with unread input would cause. */
-    shutdown(c->fd, SHUT_WR);
-    tg_conn_close(c);
+    linger_start(c);
 }
 
 /* Parses whatever is buffered; starts a request when a head is complete. */
@@ -251,8 +281,7 @@ static void conn_io_cb(struct ev_loop *loop, ev_io *io, int revents) {
         if (rc == TG_OK) {
             tg_conn_set_events(c, c->events & ~EV_WRITE);
             if (c->state == TG_CONN_LINGER) {
-                shutdown(c->fd, SHUT_WR);
-                tg_conn_close(c);
+                linger_start(c);
                 return;
             }
             if (c->r) {
@@ -282,6 +311,8 @@ static void conn_io_cb(struct ev_loop *loop, ev_io *io, int revents) {
             if (c->r) tg_request_client_readable(c->r);
             break;
         case TG_CONN_LINGER:
+            if (c->lingering) linger_read(c);
+            else tg_conn_set_events(c, c->events & ~EV_READ);
             break;
         }
     }
@@ -312,16 +343,7 @@ void tg_conn_request_done(tg_conn_t *c) {
     c->r = NULL;
     c->nrequests++;
     if (c->close_after || w->draining) {
-        tg_buf_put(&w->bufs, c->rbuf);
-        c->rbuf = NULL;
-        if (!tg_wqueue_empty(&c->wq)) {
-            c->state = TG_CONN_LINGER;
-            tg_conn_set_events(c, EV_WRITE);
-            tg_conn_set_timer(c, w->conf->limits.send_timeout_ms);
-            return;
-        }
-        shutdown(c->fd, SHUT_WR);
-        tg_conn_close(c);
+        linger_start(c);
         return;
     }
     c->state = TG_CONN_IDLE;

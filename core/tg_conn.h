@@ -43,6 +43,7 @@ struct tg_conn_s {
     tg_request_t    *r;           /* current request, if any */
     int              nrequests;   /* finished requests on this connection */
     unsigned         close_after:1; /* close once the current response is out */
+    unsigned         lingering:1;   /* half-closed, discarding input before close */
 };
 
 /* Accept callback of a listener's ev_io. */

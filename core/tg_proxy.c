@@ -572,9 +572,10 @@ static void read_response(tg_request_t *r) {
 
 static void finish_response(tg_request_t *r) {
     tg_upconn_t *uc = r->uc;
+    /* Reusable only after a clean, complete exchange with nothing extra
+     * buffered (bytes past the response mean the peer is out of sync). */
     int reusable = r->resp->keepalive && !r->resp_until_close && r->up_body_sent
-                && !r->early_response && uc && uc->buf && tg_buf_len(uc->buf) == 0;
-    if (uc && uc->buf == NULL) reusable = r->resp->keepalive && !r->resp_until_close && r->up_body_sent && !r->early_response;
+                && !r->early_response && uc && (uc->buf == NULL || tg_buf_len(uc->buf) == 0);
     release_upconn(r, reusable);
     r->proxy_state = PX_NONE;
     r->response_done = 1;
@@ -798,8 +799,10 @@ static void upstream_io_cb(struct ev_loop *loop, ev_io *io, int revents) {
                 return;
             }
             if (rc == TG_OK) {
+                /* pump_up may finish or free the request: return, a pending
+                 * read event fires again on the next loop turn. */
                 pump_up(r);
-                if (r->uc != uc) return;
+                return;
             }
         }
         if (revents & EV_READ) read_response(r);
