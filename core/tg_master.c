@@ -13,6 +13,7 @@
  */
 #include "tg_master.h"
 #include "tg_log.h"
+#include "tg_lua.h"
 #include "tg_router.h"
 #include "tg_stats.h"
 #include "tg_worker.h"
@@ -77,6 +78,12 @@ tg_conf_t *tg_master_load_conf(const char *path, tg_conf_errors_t *errs) {
     conf->router = tg_router_build(conf->routes, conf->nroutes, err, sizeof(err));
     if (conf->router == NULL) {
         tg_conf_errors_add(errs, "%s", err);
+        tg_conf_unref(conf);
+        return NULL;
+    }
+    /* Plugins load and their configs validate in a throwaway VM, so a bad
+     * plugin config fails -t and never replaces a good config on reload. */
+    if (tg_lua_conf_check(conf, errs) != TG_OK) {
         tg_conf_unref(conf);
         return NULL;
     }

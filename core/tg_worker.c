@@ -6,6 +6,7 @@
 #include "tg_worker.h"
 #include "tg_conn.h"
 #include "tg_log.h"
+#include "tg_lua.h"
 #include "tg_pool.h"
 #include "tg_upstream.h"
 
@@ -122,6 +123,15 @@ int tg_worker_run(tg_conf_t *conf, int slot, unsigned generation,
     w->upstreams = tg_xcalloc((size_t)(conf->nupstreams ? conf->nupstreams : 1), sizeof(tg_upstream_t));
     for (int i = 0; i < conf->nupstreams; i++) tg_upstream_init(&w->upstreams[i], w, &conf->upstreams[i]);
 
+    /* Plugins enforce policy (auth, limits): without them the worker must
+     * not serve, so a VM that fails to start stops the worker (fail closed;
+     * the master restarts it with a back-off). */
+    w->lua = tg_lua_new(conf, w);
+    if (w->lua == NULL) {
+        tg_log_crit("cannot start the Lua runtime; exiting");
+        return 1;
+    }
+
     w->nlisteners = conf->nlistens + (admin_fd >= 0 ? 1 : 0);
     w->listeners = tg_xcalloc((size_t)w->nlisteners, sizeof(tg_listener_t));
     for (int i = 0; i < w->nlisteners; i++) {
@@ -164,6 +174,8 @@ int tg_worker_run(tg_conf_t *conf, int slot, unsigned generation,
     /* Exit: close whatever is left (drain timeout or fast stop). */
     while (!tg_link_empty(&w->conns)) tg_conn_close(tg_link_data(w->conns.next, tg_conn_t, link));
     for (int i = 0; i < w->nupstreams; i++) tg_upstream_free(&w->upstreams[i]);
+    tg_lua_free(w->lua);
+    w->lua = NULL;
     tg_access_log_close();
     tg_log_info("exiting");
     return 0;
