@@ -1064,7 +1064,7 @@ static void set_response_content_type(ck_t *ck, const char *path, tg_yaml_node_t
 
 /* content_type last: it overrides what json/body/echo set. */
 static const field_t response_fields[] = {
-    { "status",       set_int, offsetof(tg_conf_response_t, status), 100, 599, 0, NULL, 0 },
+    { "status",       set_int, offsetof(tg_conf_response_t, status), 200, 599, 0, NULL, 0 },
     { "json",         set_response_json, 0, 0, 0, 0, NULL, 0 },
     { "body",         set_response_body, 0, 0, 0, 0, NULL, 0 },
     { "echo",         set_response_echo, 0, 0, 0, 0, NULL, 0 },

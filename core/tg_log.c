@@ -155,6 +155,26 @@ void tg_access_log_append(const char *line, size_t len) {
     tg_logs.access_buf[tg_logs.access_len++] = '\n';
 }
 
+/* Length of the valid UTF-8 sequence at s[0..len), or 0 (RFC 3629: no
+ * overlong forms, no surrogates, nothing above U+10FFFF). */
+static size_t utf8_seq(const unsigned char *s, size_t len) {
+    unsigned char c = s[0];
+    size_t n;
+    unsigned min;
+    unsigned cp;
+    if (c >= 0xc2 && c <= 0xdf) { n = 2; cp = c & 0x1f; min = 0x80; }
+    else if (c >= 0xe0 && c <= 0xef) { n = 3; cp = c & 0x0f; min = 0x800; }
+    else if (c >= 0xf0 && c <= 0xf4) { n = 4; cp = c & 0x07; min = 0x10000; }
+    else return 0;
+    if (len < n) return 0;
+    for (size_t i = 1; i < n; i++) {
+        if ((s[i] & 0xc0) != 0x80) return 0;
+        cp = (cp << 6) | (s[i] & 0x3f);
+    }
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return 0;
+    return n;
+}
+
 void tg_json_escape(char *out, size_t cap, size_t *pos, const char *s, size_t len) {
     static const char hex[] = "0123456789abcdef";
     size_t p = *pos;
@@ -164,9 +184,19 @@ void tg_json_escape(char *out, size_t cap, size_t *pos, const char *s, size_t le
         if (c == '"' || c == '\\') {
             out[p++] = '\\';
             out[p++] = (char)c;
-        } else if (c < 0x20 || c >= 0x7f) {
-            /* Bytes >= 0x7f are escaped too: logs must be valid JSON even
-             * when a client sends invalid UTF-8. */
+        } else if (c >= 0x80) {
+            /* Valid UTF-8 passes as is; any other byte is escaped so that the
+             * output is valid JSON whatever a client sends. */
+            size_t n = utf8_seq((const unsigned char *)s + i, len - i);
+            if (n && p + n < cap - 6) {
+                memcpy(out + p, s + i, n);
+                p += n;
+                i += n - 1;
+            } else {
+                out[p++] = '\\'; out[p++] = 'u'; out[p++] = '0'; out[p++] = '0';
+                out[p++] = hex[c >> 4]; out[p++] = hex[c & 15];
+            }
+        } else if (c < 0x20 || c == 0x7f) {
             out[p++] = '\\'; out[p++] = 'u'; out[p++] = '0'; out[p++] = '0';
             out[p++] = hex[c >> 4]; out[p++] = hex[c & 15];
         } else {

@@ -56,6 +56,7 @@ typedef struct {
     route_host_t          *hosts;
     int                    nhosts;
     int                    host_class; /* 0 exact host, 1 wildcards only, 2 none */
+    int                    narrow;     /* methods and/or ports listed: 0..2 */
     int                    order;      /* position in routes[]: config order */
 } route_info_t;
 
@@ -131,6 +132,10 @@ static int entry_cmp(const void *a, const void *b) {
     if (x->len != y->len) return x->len < y->len ? -1 : 1;
     if (x->info->host_class != y->info->host_class)
         return x->info->host_class - y->info->host_class;
+    /* A route restricted to some methods or ports is more specific than
+     * one that takes everything, whatever their order in the config. */
+    if (x->info->narrow != y->info->narrow)
+        return y->info->narrow - x->info->narrow;
     return x->info->order - y->info->order;
 }
 
@@ -175,6 +180,7 @@ static void infos_build(tg_router_t *r, tg_conf_route_t *routes, int n) {
             }
         }
         ri->host_class = rt->nhosts == 0 ? 2 : exact ? 0 : 1;
+        ri->narrow = (rt->methods != 0) + (rt->nports != 0);
     }
 }
 
@@ -321,7 +327,9 @@ static const tg_conf_route_t *cands_match(const cand_list_t *c, const char *host
         if (ri->host_class == 2 && best != NULL) break;   /* hostless loses to any host hit */
         int s = host_score(ri, host, hostlen);
         if (s == HOST_NOMATCH || !method_port_fit(ri->route, method, port)) continue;
-        if (s > best_score || (s == best_score && ri->order < best->order)) {
+        /* Candidates are sorted most specific first: on equal host scores
+         * the first that fits wins. */
+        if (s > best_score) {
             best = ri;
             best_score = s;
         }

@@ -10,7 +10,8 @@
  *   3. regexes ("~^/v[0-9]+/"), PCRE2 with JIT, tried in config order.
  * Among routes with the same path, one listing the request's host beats one
  * with a wildcard host ("*.example.com"), which beats one with no hosts;
- * ties go to config order. Hosts, methods and ports only narrow: a route
+ * then a route that lists methods or ports beats one that does not; ties
+ * go to config order. Hosts, methods and ports only narrow: a route
  * that lists them matches only those. When the path matches but nothing
  * else does, the search goes on with the next, less specific candidate.
  *
