@@ -27,7 +27,7 @@ static void status_json(tg_request_t *r) {
     int first = 1;
     for (int i = 0; i < TG_STATS_MAX_WORKERS && st; i++) {
         tg_stats_worker_t *ws = &st->workers[i];
-        if (ws->pid == 0) continue;
+        if (ws->pid <= 0) continue;   /* free, or reserved for a starting worker */
         OUT("%s{\"slot\":%d,\"pid\":%d,\"generation\":%u,\"requests\":%llu,\"connections_active\":%llu}",
             first ? "" : ",", i, (int)ws->pid, ws->generation,
             (unsigned long long)ws->requests, (unsigned long long)ws->connections_active);

@@ -103,13 +103,24 @@ void tg_proxy_abort(tg_request_t *r) {
 }
 
 /* An attempt failed. Decides between a replay, a retry and the error. */
-static void attempt_failed(tg_request_t *r, int status, const char *what, int connect_phase) {
+/* How an attempt failed: decides what may be tried again. */
+enum {
+    FAIL_CONNECT = 1,   /* nothing was sent */
+    FAIL_CLOSED,        /* EOF or reset from the peer (the keep-alive race) */
+    FAIL_TIMEOUT,       /* the upstream may still be working on it */
+    FAIL_INVALID,       /* garbage, oversize head, bad framing */
+};
+
+static void attempt_failed(tg_request_t *r, int status, const char *what, int kind) {
     tg_upconn_t *uc = r->uc;
     const tg_conf_upstream_t *ucf = r->upstream->conf;
     const char *addr = ucf->targets[r->target].addr.text;
     int reused = uc && uc->reused;
     int got_response = r->resp_started;
+    int connect_phase = kind == FAIL_CONNECT;
+    int idempotent = method_idempotent(r->http->method);
     int replayable = !r->has_body || r->body_override.p || (r->body_mem && r->body_done);
+    if (r->upstream_status == 0) r->upstream_ms = (now_of(r) - r->upstream_start) * 1000.0;
     release_upconn(r, 0);
     r->worker->my_stats->upstream_errors++;
 
@@ -120,7 +131,11 @@ static void attempt_failed(tg_request_t *r, int status, const char *what, int co
         tg_request_finalize(r, status);
         return;
     }
-    if (reused && !got_response && !connect_phase && replayable && !r->stale_replayed) {
+    /* Only a reused connection the peer closed before answering is the
+     * keep-alive race; a timeout means the upstream may be working on the
+     * request, and a non-idempotent request is never sent twice. */
+    if (kind == FAIL_CLOSED && reused && !got_response && replayable && idempotent
+        && !r->stale_replayed) {
         /* The pooled connection was closed by the peer as we reused it. */
         tg_log_write(TG_LOG_INFO, r->request_id, "upstream \"%s\" %s: reused connection %s, replaying on a new one",
                      ucf->name, addr, what);
@@ -137,7 +152,7 @@ static void attempt_failed(tg_request_t *r, int status, const char *what, int co
     tg_balancer_report(&r->upstream->balancer, r->target, 0, now_of(r));
     r->last_error = status;
     if (!got_response && r->attempts <= ucf->retries
-        && (connect_phase || (method_idempotent(r->http->method) && replayable))) {
+        && (connect_phase || (idempotent && replayable))) {
         memset(&r->resp_scan, 0, sizeof(r->resp_scan));
         r->resp_started = 0;
         attempt(r);
@@ -244,7 +259,7 @@ static void start_exchange(tg_request_t *r) {
     uc->nrequests++;
     r->proxy_state = PX_SENDING;
     if (tg_wqueue_writev(&uc->wq, uc->fd, iov, iovcnt) == TG_ERROR) {
-        attempt_failed(r, 502, "reset the connection", 0);
+        attempt_failed(r, 502, "reset the connection", FAIL_CLOSED);
         return;
     }
     pump_up(r);
@@ -285,7 +300,7 @@ static void attempt(tg_request_t *r) {
             snprintf(what, sizeof(what), "connect failed: %s", strerror(errno));
             u->balancer.targets[i].active--;
             r->active_counted = 0;
-            attempt_failed(r, 502, what, 1);
+            attempt_failed(r, 502, what, FAIL_CONNECT);
             return;
         }
     }
@@ -335,7 +350,7 @@ static int upstream_sink(tg_request_t *r, const char *data, size_t len, int last
     if (n == 0) return TG_OK;
     int rc = tg_wqueue_writev(&uc->wq, uc->fd, iov, n);
     if (rc == TG_ERROR) {
-        attempt_failed(r, 502, "reset the connection while receiving the body", 0);
+        attempt_failed(r, 502, "reset the connection while receiving the body", FAIL_CLOSED);
         return TG_ERROR;
     }
     return rc == TG_AGAIN ? TG_AGAIN : TG_OK;
@@ -504,7 +519,7 @@ static void read_response(tg_request_t *r) {
     ssize_t n = read_upstream(r);
     if (n == TG_AGAIN) {
         if (uc->buf && tg_buf_room(uc->buf) == 0) {
-            attempt_failed(r, 502, "sent a response head larger than the buffer", 0);
+            attempt_failed(r, 502, "sent a response head larger than the buffer", FAIL_INVALID);
         }
         return;
     }
@@ -512,18 +527,18 @@ static void read_response(tg_request_t *r) {
         int any = uc->buf && tg_buf_len(uc->buf) > 0;
         if (any) r->resp_started = 1;
         attempt_failed(r, 502, n == 0 ? "closed the connection before the response"
-                                      : "reset the connection", 0);
+                                      : "reset the connection", FAIL_CLOSED);
         return;
     }
     r->resp_started = 1;
     tg_buf_t *b = uc->buf;
-    if (r->resp == NULL) r->resp = tg_pool_alloc(r->pool, sizeof(tg_http_response_t));
+    if (r->resp == NULL) r->resp = tg_pool_calloc(r->pool, sizeof(tg_http_response_t));
     for (;;) {
         int rc = tg_http_parse_response(&r->resp_scan, b->data + b->start, tg_buf_len(b),
                                         b->size - 1, r->resp);
         if (rc == TG_AGAIN) return;
         if (rc == TG_ERROR) {
-            attempt_failed(r, 502, "sent an invalid response", 0);
+            attempt_failed(r, 502, "sent an invalid response", FAIL_INVALID);
             return;
         }
         if (r->resp->status >= 100 && r->resp->status < 200 && r->resp->status != 101) {
@@ -556,7 +571,7 @@ static void read_response(tg_request_t *r) {
 
     if (resp->status == 101) {
         if (!r->http->upgrade) {
-            attempt_failed(r, 502, "switched protocols without an upgrade request", 0);
+            attempt_failed(r, 502, "switched protocols without an upgrade request", FAIL_INVALID);
             return;
         }
         start_tunnel(r);
@@ -614,7 +629,7 @@ static void resp_body_pump(tg_request_t *r) {
             if (r->resp_from_upstream_chunked) {
                 ssize_t n = tg_http_chunked_decode(&r->resp_chunked, b->data + b->start, len, &data, &dlen);
                 if (n < 0) {
-                    attempt_failed(r, 502, "sent a malformed chunked body", 0);
+                    attempt_failed(r, 502, "sent a malformed chunked body", FAIL_INVALID);
                     return;
                 }
                 b->start += (size_t)n;
@@ -646,7 +661,7 @@ static void resp_body_pump(tg_request_t *r) {
             continue;
         }
         if (n <= 0) {
-            attempt_failed(r, 502, "closed the connection in the middle of the response body", 0);
+            attempt_failed(r, 502, "closed the connection in the middle of the response body", FAIL_CLOSED);
             return;
         }
     }
@@ -768,7 +783,7 @@ static void upstream_io_cb(struct ev_loop *loop, ev_io *io, int revents) {
         if (tg_upstream_connect_finish(uc) != TG_OK) {
             char what[128];
             snprintf(what, sizeof(what), "connect failed: %s", strerror(errno));
-            attempt_failed(r, 502, what, 1);
+            attempt_failed(r, 502, what, FAIL_CONNECT);
             return;
         }
         up_timer(uc, 0);
@@ -779,7 +794,7 @@ static void upstream_io_cb(struct ev_loop *loop, ev_io *io, int revents) {
         if (revents & EV_WRITE) {
             int rc = tg_wqueue_flush(&uc->wq, uc->fd);
             if (rc == TG_ERROR) {
-                attempt_failed(r, 502, "reset the connection while receiving the request", 0);
+                attempt_failed(r, 502, "reset the connection while receiving the request", FAIL_CLOSED);
                 return;
             }
             if (rc == TG_OK) {
@@ -808,16 +823,16 @@ static void upstream_timer_cb(struct ev_loop *loop, ev_timer *t, int revents) {
     tg_request_t *r = uc->data;
     switch (r->proxy_state) {
     case PX_CONNECTING:
-        attempt_failed(r, 504, "timed out connecting", 1);
+        attempt_failed(r, 504, "timed out connecting", FAIL_CONNECT);
         return;
     case PX_SENDING:
-        attempt_failed(r, 504, "timed out receiving the request", 0);
+        attempt_failed(r, 504, "timed out receiving the request", FAIL_TIMEOUT);
         return;
     case PX_WAIT_RESP:
-        attempt_failed(r, 504, "timed out sending the response head", 0);
+        attempt_failed(r, 504, "timed out sending the response head", FAIL_TIMEOUT);
         return;
     case PX_RESP_BODY:
-        attempt_failed(r, 504, "timed out sending the response body", 0);
+        attempt_failed(r, 504, "timed out sending the response body", FAIL_TIMEOUT);
         return;
     case PX_TUNNEL:
         tunnel_end(r);

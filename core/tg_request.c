@@ -48,6 +48,8 @@ static int set_host(tg_request_t *r) {
         const char *colon = memchr(h.p, ':', n);
         if (colon) n = (size_t)(colon - h.p);
     }
+    /* "example.com." names the same host as "example.com" (nginx agrees). */
+    if (n > 1 && h.p[n - 1] == '.') n--;
     if (n >= sizeof(r->host)) return TG_ERROR;
     for (size_t i = 0; i < n; i++) r->host[i] = (char)tolower((unsigned char)h.p[i]);
     r->host[n] = '\0';

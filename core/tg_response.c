@@ -97,10 +97,13 @@ int tg_response_send_head(tg_request_t *r) {
 
     size_t cap = 256;
     for (int i = 0; i < r->resp_hdrs.n; i++) cap += r->resp_hdrs.h[i].name.len + r->resp_hdrs.h[i].value.len + 4;
-    if (r->resp && r->resp->reason.len) cap += r->resp->reason.len;
+    /* The upstream's reason phrase only when its head was parsed and the
+     * status is still the upstream's. */
+    int upstream_reason = r->resp && r->upstream_status && r->status == r->upstream_status;
+    if (upstream_reason) cap += r->resp->reason.len;
     char *buf = tg_pool_alloc(r->pool, cap), *p = buf;
     p += sprintf(p, "HTTP/1.1 %d ", r->status);
-    if (r->resp && r->resp->reason.len && r->status == r->upstream_status) PUT(r->resp->reason.p, r->resp->reason.len);
+    if (upstream_reason && r->resp->reason.len) PUT(r->resp->reason.p, r->resp->reason.len);
     else p += sprintf(p, "%s", tg_http_status_text(r->status));
     PUTS("\r\n");
     if (r->local_response) {
@@ -180,9 +183,15 @@ void tg_response_local(tg_request_t *r, int status, const char *body, size_t len
     r->local_response = 1;
     r->frame = TG_FRAME_LENGTH;
     r->resp_content_length = (int64_t)len;
-    if (tg_hdr_list_find(&r->resp_hdrs, "content-type", 12) == NULL)
+    if (status == 204 || status == 304) {
+        /* No body and no length for these (RFC 9110 8.6, 15.4.5). */
+        r->frame = TG_FRAME_NONE;
+        r->resp_content_length = -1;
+        tg_hdr_list_edit(r->pool, &r->resp_hdrs, TG_HDR_CLEAR, "Content-Type", 12, NULL, 0);
+    } else if (tg_hdr_list_find(&r->resp_hdrs, "content-type", 12) == NULL) {
         tg_hdr_list_edit(r->pool, &r->resp_hdrs, TG_HDR_ADD, "Content-Type", 12,
                          "application/json", 16);
+    }
     if (tg_response_send_head(r) != TG_OK) return;
     if (tg_response_send_body(r, body, len, 1) == TG_ERROR) return;
     r->response_done = 1;
@@ -205,7 +214,8 @@ void tg_response_static(tg_request_t *r, const tg_conf_response_t *resp) {
                          strlen(resp->headers[i].name), resp->headers[i].value,
                          strlen(resp->headers[i].value));
     const char *ct = resp->content_type ? resp->content_type : "application/json";
-    tg_hdr_list_edit(r->pool, &r->resp_hdrs, TG_HDR_SET, "Content-Type", 12, ct, strlen(ct));
+    if (resp->status != 204 && resp->status != 304)
+        tg_hdr_list_edit(r->pool, &r->resp_hdrs, TG_HDR_SET, "Content-Type", 12, ct, strlen(ct));
     tg_response_local(r, resp->status, resp->body ? resp->body : "", resp->body ? resp->body_len : 0);
 }
 

@@ -32,7 +32,15 @@ static void drain_timer_cb(struct ev_loop *loop, ev_timer *t, int revents) {
 void tg_worker_drain(tg_worker_t *w) {
     if (w->draining) return;
     w->draining = 1;
-    for (int i = 0; i < w->nlisteners; i++) ev_io_stop(w->loop, &w->listeners[i].io);
+    /* Close our copies of the listening sockets: the master and the next
+     * generation hold their own, and a socket nobody else holds (graceful
+     * stop, an address the new config dropped) must refuse new clients
+     * rather than queue them. */
+    for (int i = 0; i < w->nlisteners; i++) {
+        ev_io_stop(w->loop, &w->listeners[i].io);
+        close(w->listeners[i].fd);
+        w->listeners[i].fd = -1;
+    }
     tg_link_t *l = w->conns.next;
     while (l != &w->conns) {
         tg_link_t *next = l->next;
@@ -58,7 +66,8 @@ void tg_worker_conn_closed(tg_worker_t *w) {
     }
     /* Accepting may have been paused for lack of descriptors. */
     for (int i = 0; i < w->nlisteners; i++)
-        if (!ev_is_active(&w->listeners[i].io)) ev_io_start(w->loop, &w->listeners[i].io);
+        if (w->listeners[i].fd >= 0 && !ev_is_active(&w->listeners[i].io))
+            ev_io_start(w->loop, &w->listeners[i].io);
 }
 
 const char *tg_worker_date(tg_worker_t *w) {
