@@ -5,6 +5,7 @@
  */
 #include "tg_admin.h"
 #include "tg_conn.h"
+#include "tg_response.h"
 #include "tg_version.h"
 
 #include <http_parser.h>
@@ -26,7 +27,7 @@ static void status_json(tg_request_t *r) {
     int first = 1;
     for (int i = 0; i < TG_STATS_MAX_WORKERS && st; i++) {
         tg_stats_worker_t *ws = &st->workers[i];
-        if (ws->pid == 0) continue;
+        if (ws->pid <= 0) continue;   /* free, or reserved for a starting worker */
         OUT("%s{\"slot\":%d,\"pid\":%d,\"generation\":%u,\"requests\":%llu,\"connections_active\":%llu}",
             first ? "" : ",", i, (int)ws->pid, ws->generation,
             (unsigned long long)ws->requests, (unsigned long long)ws->connections_active);
@@ -41,7 +42,7 @@ static void status_json(tg_request_t *r) {
         (unsigned long long)s2, (unsigned long long)s3, (unsigned long long)s4,
         (unsigned long long)s5, (unsigned long long)ue);
 #undef OUT
-    tg_request_respond(r, 200, "application/json", out, pos, NULL);
+    tg_response_local(r, 200, out, pos);
 }
 
 void tg_admin_handle(tg_request_t *r) {
@@ -52,7 +53,7 @@ void tg_admin_handle(tg_request_t *r) {
     }
     if (tg_str_eq_lit(r->path, "/health")) {
         static const char ok[] = "{\"status\":\"ok\"}";
-        tg_request_respond(r, 200, "application/json", ok, sizeof(ok) - 1, NULL);
+        tg_response_local(r, 200, ok, sizeof(ok) - 1);
         return;
     }
     if (tg_str_eq_lit(r->path, "/status")) {

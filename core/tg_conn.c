@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 /* Accept at most this many connections per readiness event, so one busy
@@ -203,6 +204,20 @@ static void reject_head(tg_conn_t *c, int status) {
                      status, reason, tg_worker_date(c->worker), blen, body);
     struct iovec iov = { buf, (size_t)n };
     tg_log_info("rejected request head from %s: %d %s", c->ip, status, reason);
+    if (tg_access_log_enabled()) {
+        /* One access-log line for every answer, even when there was no
+         * request to speak of (nothing of the head is logged: unparsed). */
+        char line[256];
+        size_t pos = 0;
+        time_t now = (time_t)ev_now(c->worker->loop);
+        struct tm tm;
+        gmtime_r(&now, &tm);
+        pos += strftime(line, sizeof(line), "{\"time\":\"%Y-%m-%dT%H:%M:%SZ\",\"client_ip\":\"", &tm);
+        tg_json_escape(line, sizeof(line) - 96, &pos, c->ip, strlen(c->ip));
+        pos += (size_t)snprintf(line + pos, sizeof(line) - pos,
+                                "\",\"status\":%d,\"bytes_sent\":%d,\"rejected\":true}", status, n);
+        tg_access_log_append(line, tg_min(pos, sizeof(line) - 1));
+    }
     tg_worker_t *w = c->worker;
     if (status >= 500) w->my_stats->status_5xx++; else w->my_stats->status_4xx++;
     w->my_stats->requests++;

@@ -35,6 +35,7 @@ void tg_log_write(int level, const char *request_id, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void tg_log_vwrite(int level, const char *request_id, const char *fmt, va_list ap);
 
+#define tg_log_crit(...)   do { if (tg_log_enabled(TG_LOG_CRIT))   tg_log_write(TG_LOG_CRIT, NULL, __VA_ARGS__); } while (0)
 #define tg_log_error(...)  do { if (tg_log_enabled(TG_LOG_ERR))    tg_log_write(TG_LOG_ERR, NULL, __VA_ARGS__); } while (0)
 #define tg_log_warn(...)   do { if (tg_log_enabled(TG_LOG_WARN))   tg_log_write(TG_LOG_WARN, NULL, __VA_ARGS__); } while (0)
 #define tg_log_notice(...) do { if (tg_log_enabled(TG_LOG_NOTICE)) tg_log_write(TG_LOG_NOTICE, NULL, __VA_ARGS__); } while (0)

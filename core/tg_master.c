@@ -13,7 +13,9 @@
  */
 #include "tg_master.h"
 #include "tg_log.h"
+#include "tg_lua.h"
 #include "tg_router.h"
+#include "tg_shdict.h"
 #include "tg_stats.h"
 #include "tg_worker.h"
 
@@ -77,6 +79,12 @@ tg_conf_t *tg_master_load_conf(const char *path, tg_conf_errors_t *errs) {
     conf->router = tg_router_build(conf->routes, conf->nroutes, err, sizeof(err));
     if (conf->router == NULL) {
         tg_conf_errors_add(errs, "%s", err);
+        tg_conf_unref(conf);
+        return NULL;
+    }
+    /* Plugins load and their configs validate in a throwaway VM, so a bad
+     * plugin config fails -t and never replaces a good config on reload. */
+    if (tg_lua_conf_check(conf, errs) != TG_OK) {
         tg_conf_unref(conf);
         return NULL;
     }
@@ -251,6 +259,14 @@ static void reload(tg_master_t *m) {
         m->stats->reloads_failed++;
         return;
     }
+    if (tg_shdict_zones_sync(conf, &errs) != TG_OK) {
+        for (int i = 0; i < errs.n; i++)
+            tg_log_error("reload failed, keeping the running config: %s", errs.msg[i]);
+        tg_conf_errors_free(&errs);
+        tg_conf_unref(conf);
+        m->stats->reloads_failed++;
+        return;
+    }
     tg_master_listen_t *ls = NULL, admin = { NULL, -1 };
     if (bind_all(m, conf, &ls, &admin) != TG_OK) {
         tg_log_error("reload failed, keeping the running config");
@@ -286,13 +302,13 @@ static void reload(tg_master_t *m) {
     unsigned old_generation = m->generation;
     m->generation++;
     for (int i = 0; i < TG_STATS_MAX_WORKERS; i++) m->respawn_at[i] = 0;
+    m->stats->reloads_ok++;
     spawn_generation(m);
     /* The new generation accepts from the same sockets; the old one stops
      * accepting, finishes what it has and exits. */
     signal_children(m, SIGTERM, old_generation + 1,
                     now_s() + old->shutdown_timeout_ms / 1000.0 + TG_KILL_GRACE_S);
     tg_conf_unref(old);
-    m->stats->reloads_ok++;
     tg_log_notice("reloaded: generation %u, config version %u, %d worker(s)",
                   m->generation, conf->version, conf->worker_processes);
 }
@@ -314,6 +330,12 @@ int tg_master_run(const char *conf_path, tg_conf_t *conf) {
         return 1;
     }
     m->stats->started_at = (double)time(NULL);
+    tg_conf_errors_t errs = { 0 };
+    if (tg_shdict_zones_sync(conf, &errs) != TG_OK) {
+        for (int i = 0; i < errs.n; i++) tg_log_error("%s", errs.msg[i]);
+        tg_conf_errors_free(&errs);
+        return 1;
+    }
     if (bind_all(m, conf, &m->listens, &m->admin) != TG_OK) return 1;
     m->nlistens = conf->nlistens;
 
@@ -344,6 +366,12 @@ int tg_master_run(const char *conf_path, tg_conf_t *conf) {
             if (!m->stopping) {
                 tg_log_notice("stopping gracefully");
                 m->stopping = 1;
+                /* New clients are refused at once instead of queueing on a
+                 * socket nobody will accept from again. */
+                for (int i = 0; i < m->nlistens; i++) close(m->listens[i].fd);
+                if (m->admin.fd >= 0) close(m->admin.fd);
+                m->nlistens = 0;
+                m->admin.fd = -1;
                 stop_deadline = now + m->conf->shutdown_timeout_ms / 1000.0 + TG_KILL_GRACE_S;
                 signal_children(m, SIGTERM, ~0u, 0);
             }

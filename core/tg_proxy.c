@@ -25,6 +25,7 @@
 #include "tg_proxy.h"
 #include "tg_conn.h"
 #include "tg_log.h"
+#include "tg_response.h"
 #include "tg_upstream.h"
 
 #include <errno.h>
@@ -102,13 +103,24 @@ void tg_proxy_abort(tg_request_t *r) {
 }
 
 /* An attempt failed. Decides between a replay, a retry and the error. */
-static void attempt_failed(tg_request_t *r, int status, const char *what, int connect_phase) {
+/* How an attempt failed: decides what may be tried again. */
+enum {
+    FAIL_CONNECT = 1,   /* nothing was sent */
+    FAIL_CLOSED,        /* EOF or reset from the peer (the keep-alive race) */
+    FAIL_TIMEOUT,       /* the upstream may still be working on it */
+    FAIL_INVALID,       /* garbage, oversize head, bad framing */
+};
+
+static void attempt_failed(tg_request_t *r, int status, const char *what, int kind) {
     tg_upconn_t *uc = r->uc;
     const tg_conf_upstream_t *ucf = r->upstream->conf;
     const char *addr = ucf->targets[r->target].addr.text;
     int reused = uc && uc->reused;
     int got_response = r->resp_started;
-    int replayable = !r->has_body;
+    int connect_phase = kind == FAIL_CONNECT;
+    int idempotent = method_idempotent(r->http->method);
+    int replayable = !r->has_body || r->body_override.p || (r->body_mem && r->body_done);
+    if (r->upstream_status == 0) r->upstream_ms = (now_of(r) - r->upstream_start) * 1000.0;
     release_upconn(r, 0);
     r->worker->my_stats->upstream_errors++;
 
@@ -119,7 +131,11 @@ static void attempt_failed(tg_request_t *r, int status, const char *what, int co
         tg_request_finalize(r, status);
         return;
     }
-    if (reused && !got_response && !connect_phase && replayable && !r->stale_replayed) {
+    /* Only a reused connection the peer closed before answering is the
+     * keep-alive race; a timeout means the upstream may be working on the
+     * request, and a non-idempotent request is never sent twice. */
+    if (kind == FAIL_CLOSED && reused && !got_response && replayable && idempotent
+        && !r->stale_replayed) {
         /* The pooled connection was closed by the peer as we reused it. */
         tg_log_write(TG_LOG_INFO, r->request_id, "upstream \"%s\" %s: reused connection %s, replaying on a new one",
                      ucf->name, addr, what);
@@ -136,7 +152,7 @@ static void attempt_failed(tg_request_t *r, int status, const char *what, int co
     tg_balancer_report(&r->upstream->balancer, r->target, 0, now_of(r));
     r->last_error = status;
     if (!got_response && r->attempts <= ucf->retries
-        && (connect_phase || (method_idempotent(r->http->method) && replayable))) {
+        && (connect_phase || (idempotent && replayable))) {
         memset(&r->resp_scan, 0, sizeof(r->resp_scan));
         r->resp_started = 0;
         attempt(r);
@@ -147,6 +163,7 @@ static void attempt_failed(tg_request_t *r, int status, const char *what, int co
 
 /* ---- the upstream request head ---- */
 
+/* 1 when the client's Connection header names this header (hop-by-hop). */
 static int connection_lists(const tg_request_t *r, tg_str_t name) {
     const tg_http_request_t *h = r->http;
     for (int i = 0; i < h->nheaders; i++)
@@ -169,8 +186,10 @@ static int is_replaced(tg_str_t n) {
 static size_t build_request_head(tg_request_t *r, char **out) {
     const tg_http_request_t *h = r->http;
     const tg_conf_target_t *t = &r->upstream->conf->targets[r->target];
-    tg_conn_t *c = r->conn;
+    int nh;
+    const tg_http_header_t *hd = tg_request_headers(r, &nh);
     size_t cap = h->head_len + r->upstream_uri.len + strlen(t->host_header) + 512;
+    for (int i = 0; r->req_hdrs && i < nh; i++) cap += hd[i].name.len + hd[i].value.len + 4;
     char *buf = tg_pool_alloc(r->pool, cap), *p = buf;
 
     PUT(h->method_name.p, h->method_name.len);
@@ -181,8 +200,8 @@ static size_t build_request_head(tg_request_t *r, char **out) {
     else PUT(t->host_header, strlen(t->host_header));
     PUTS("\r\n");
 
-    for (int i = 0; i < h->nheaders; i++) {
-        tg_str_t n = h->headers[i].name, v = h->headers[i].value;
+    for (int i = 0; i < nh; i++) {
+        tg_str_t n = hd[i].name, v = hd[i].value;
         if (tg_http_is_hop_by_hop(n) || is_replaced(n) || connection_lists(r, n)) continue;
         PUT(n.p, n.len);
         PUTS(": ");
@@ -192,22 +211,24 @@ static size_t build_request_head(tg_request_t *r, char **out) {
     /* X-Forwarded-For: every value the client sent, in order, then the
      * client's address (the de-facto order proxies append in). */
     PUTS("X-Forwarded-For: ");
-    for (int i = 0; i < h->nheaders; i++) {
-        if (!tg_str_caseeq_lit(h->headers[i].name, "x-forwarded-for")) continue;
-        PUT(h->headers[i].value.p, h->headers[i].value.len);
+    for (int i = 0; i < nh; i++) {
+        if (!tg_str_caseeq_lit(hd[i].name, "x-forwarded-for")) continue;
+        PUT(hd[i].value.p, hd[i].value.len);
         PUTS(", ");
     }
-    PUT(c->ip, strlen(c->ip));
+    PUT(r->client_ip, strlen(r->client_ip));
     PUTS("\r\nX-Real-IP: ");
-    PUT(c->ip, strlen(c->ip));
+    PUT(r->client_ip, strlen(r->client_ip));
     PUTS("\r\nX-Forwarded-Proto: http\r\n");
     if (h->host.len) {
         PUTS("X-Forwarded-Host: ");
         PUT(h->host.p, h->host.len);
         PUTS("\r\n");
     }
-    p += sprintf(p, "X-Forwarded-Port: %u\r\n", (unsigned)c->listener->port);
-    if (h->chunked) PUTS("Transfer-Encoding: chunked\r\n");
+    p += sprintf(p, "X-Forwarded-Port: %u\r\n", (unsigned)r->local_port);
+    if (r->body_override.p || (r->body_mem && r->body_done))
+        p += sprintf(p, "Content-Length: %zu\r\n", tg_request_body(r).len);
+    else if (h->chunked) PUTS("Transfer-Encoding: chunked\r\n");
     else if (h->content_length >= 0) p += sprintf(p, "Content-Length: %lld\r\n", (long long)h->content_length);
     if (h->upgrade) {
         tg_str_t up = tg_request_header(r, "upgrade", 7);
@@ -226,11 +247,19 @@ static void start_exchange(tg_request_t *r) {
     tg_upconn_t *uc = r->uc;
     char *head;
     size_t n = build_request_head(r, &head);
-    struct iovec iov = { head, n };
+    struct iovec iov[2] = { { head, n }, { NULL, 0 } };
+    int iovcnt = 1;
+    if (r->body_override.p || (r->body_mem && r->body_done)) {
+        /* A plugin read or replaced the body: it goes from memory. */
+        tg_str_t b = tg_request_body(r);
+        iov[1] = (struct iovec){ (void *)b.p, b.len };
+        iovcnt = 2;
+        r->up_body_sent = 1;
+    }
     uc->nrequests++;
     r->proxy_state = PX_SENDING;
-    if (tg_wqueue_writev(&uc->wq, uc->fd, &iov, 1) == TG_ERROR) {
-        attempt_failed(r, 502, "reset the connection", 0);
+    if (tg_wqueue_writev(&uc->wq, uc->fd, iov, iovcnt) == TG_ERROR) {
+        attempt_failed(r, 502, "reset the connection", FAIL_CLOSED);
         return;
     }
     pump_up(r);
@@ -271,7 +300,7 @@ static void attempt(tg_request_t *r) {
             snprintf(what, sizeof(what), "connect failed: %s", strerror(errno));
             u->balancer.targets[i].active--;
             r->active_counted = 0;
-            attempt_failed(r, 502, what, 1);
+            attempt_failed(r, 502, what, FAIL_CONNECT);
             return;
         }
     }
@@ -321,7 +350,7 @@ static int upstream_sink(tg_request_t *r, const char *data, size_t len, int last
     if (n == 0) return TG_OK;
     int rc = tg_wqueue_writev(&uc->wq, uc->fd, iov, n);
     if (rc == TG_ERROR) {
-        attempt_failed(r, 502, "reset the connection while receiving the body", 0);
+        attempt_failed(r, 502, "reset the connection while receiving the body", FAIL_CLOSED);
         return TG_ERROR;
     }
     return rc == TG_AGAIN ? TG_AGAIN : TG_OK;
@@ -435,62 +464,53 @@ static void send_response_head(tg_request_t *r) {
     tg_http_response_t *resp = r->resp;
     tg_conn_t *c = r->conn;
     int bodyless = tg_http_response_bodyless(r->http->method, resp->status);
-    int chunk_out = 0;
 
+    r->frame = TG_FRAME_CHUNKED;
     if (bodyless) {
         r->resp_up_done = 1;
         r->frame = TG_FRAME_NONE;
+        r->resp_content_length = resp->content_length;   /* HEAD: informative */
     } else if (resp->chunked) {
         r->resp_from_upstream_chunked = 1;
     } else if (resp->content_length >= 0) {
         r->resp_left = resp->content_length;
         if (r->resp_left == 0) r->resp_up_done = 1;
         r->frame = TG_FRAME_LENGTH;
+        r->resp_content_length = resp->content_length;
     } else {
         r->resp_until_close = 1;
     }
-    if (!bodyless && r->frame != TG_FRAME_LENGTH) {
-        if (r->http->http_minor >= 1) {
-            r->frame = TG_FRAME_CHUNKED;
-            chunk_out = 1;
-        } else {
-            r->frame = TG_FRAME_CLOSE;
-            c->close_after = 1;
-        }
-    }
-    if (r->worker->draining || r->early_response) c->close_after = 1;
+    if (r->frame == TG_FRAME_CHUNKED && r->http->http_minor == 0) r->frame = TG_FRAME_CLOSE;
+    if (r->early_response) c->close_after = 1;
 
-    r->phase = TG_PHASE_HEADER_FILTER;   /* header_filter plugins run here */
-    size_t cap = resp->head_len + 256;
-    char *buf = tg_pool_alloc(r->pool, cap), *p = buf;
-    p += sprintf(p, "HTTP/1.1 %d ", resp->status);
-    if (resp->reason.len) PUT(resp->reason.p, resp->reason.len);
-    else p += sprintf(p, "%s", tg_http_status_text(resp->status));
-    PUTS("\r\n");
+    /* The headers plugins see and the client gets: the upstream's, minus
+     * hop-by-hop ones and the framing, which the core sets; then those a
+     * plugin set before the response existed (in access, e.g. rate-limit
+     * headers), replacing upstream headers of the same name. */
+    tg_hdr_list_t pre = r->resp_hdrs;
+    tg_hdr_list_t *l = &r->resp_hdrs;
+    l->n = 0;
+    l->cap = 0;
+    l->h = NULL;
     for (int i = 0; i < resp->nheaders; i++) {
-        tg_str_t n = resp->headers[i].name, v = resp->headers[i].value;
+        tg_str_t n = resp->headers[i].name;
         if (tg_http_is_hop_by_hop(n) || connection_lists_resp(resp, n)) continue;
-        if (chunk_out && tg_str_caseeq_lit(n, "content-length")) continue;
-        PUT(n.p, n.len);
-        PUTS(": ");
-        PUT(v.p, v.len);
-        PUTS("\r\n");
+        if (tg_str_caseeq_lit(n, "content-length")) continue;
+        if (l->n == l->cap) {
+            int cap = l->cap ? l->cap * 2 : resp->nheaders + 8;
+            tg_http_header_t *h = tg_pool_alloc(r->pool, sizeof(*h) * (size_t)cap);
+            if (l->n) memcpy(h, l->h, sizeof(*h) * (size_t)l->n);
+            l->h = h;
+            l->cap = cap;
+        }
+        l->h[l->n++] = resp->headers[i];
     }
-    if (chunk_out) PUTS("Transfer-Encoding: chunked\r\n");
-    if (c->close_after) PUTS("Connection: close\r\n");
-    else if (r->http->http_minor == 0) PUTS("Connection: keep-alive\r\n");
-    PUTS("\r\n");
-
+    for (int i = 0; i < pre.n; i++)
+        tg_hdr_list_edit(r->pool, l, TG_HDR_SET, pre.h[i].name.p, pre.h[i].name.len,
+                         pre.h[i].value.p, pre.h[i].value.len);
     r->status = resp->status;
-    r->header_sent = 1;
-    r->phase = TG_PHASE_BODY_FILTER;
     r->proxy_state = PX_RESP_BODY;
-    struct iovec iov = { buf, (size_t)(p - buf) };
-    r->bytes_sent += iov.iov_len;
-    if (tg_conn_send(c, &iov, 1) == TG_ERROR) {
-        tg_conn_close(c);
-        return;
-    }
+    if (tg_response_send_head(r) != TG_OK) return;
     resp_body_pump(r);
 }
 
@@ -499,7 +519,7 @@ static void read_response(tg_request_t *r) {
     ssize_t n = read_upstream(r);
     if (n == TG_AGAIN) {
         if (uc->buf && tg_buf_room(uc->buf) == 0) {
-            attempt_failed(r, 502, "sent a response head larger than the buffer", 0);
+            attempt_failed(r, 502, "sent a response head larger than the buffer", FAIL_INVALID);
         }
         return;
     }
@@ -507,18 +527,18 @@ static void read_response(tg_request_t *r) {
         int any = uc->buf && tg_buf_len(uc->buf) > 0;
         if (any) r->resp_started = 1;
         attempt_failed(r, 502, n == 0 ? "closed the connection before the response"
-                                      : "reset the connection", 0);
+                                      : "reset the connection", FAIL_CLOSED);
         return;
     }
     r->resp_started = 1;
     tg_buf_t *b = uc->buf;
-    if (r->resp == NULL) r->resp = tg_pool_alloc(r->pool, sizeof(tg_http_response_t));
+    if (r->resp == NULL) r->resp = tg_pool_calloc(r->pool, sizeof(tg_http_response_t));
     for (;;) {
         int rc = tg_http_parse_response(&r->resp_scan, b->data + b->start, tg_buf_len(b),
                                         b->size - 1, r->resp);
         if (rc == TG_AGAIN) return;
         if (rc == TG_ERROR) {
-            attempt_failed(r, 502, "sent an invalid response", 0);
+            attempt_failed(r, 502, "sent an invalid response", FAIL_INVALID);
             return;
         }
         if (r->resp->status >= 100 && r->resp->status < 200 && r->resp->status != 101) {
@@ -551,7 +571,7 @@ static void read_response(tg_request_t *r) {
 
     if (resp->status == 101) {
         if (!r->http->upgrade) {
-            attempt_failed(r, 502, "switched protocols without an upgrade request", 0);
+            attempt_failed(r, 502, "switched protocols without an upgrade request", FAIL_INVALID);
             return;
         }
         start_tunnel(r);
@@ -597,14 +617,9 @@ static void resp_body_pump(tg_request_t *r) {
         tg_buf_t *b = uc->buf;
         size_t len = b ? tg_buf_len(b) : 0;
         if (r->resp_up_done) {
-            if (r->frame == TG_FRAME_CHUNKED && !r->response_done) {
-                struct iovec iov = { (void *)LAST_CHUNK, sizeof(LAST_CHUNK) - 1 };
-                r->bytes_sent += iov.iov_len;
-                if (tg_conn_send(c, &iov, 1) == TG_ERROR) {
-                    tg_conn_close(c);
-                    return;
-                }
-            }
+            /* Bytes still buffered past the end of the response mean the
+             * connection is out of sync: finish_response won't reuse it. */
+            if (tg_response_send_body(r, NULL, 0, 1) == TG_ERROR) return;
             finish_response(r);
             return;
         }
@@ -614,7 +629,7 @@ static void resp_body_pump(tg_request_t *r) {
             if (r->resp_from_upstream_chunked) {
                 ssize_t n = tg_http_chunked_decode(&r->resp_chunked, b->data + b->start, len, &data, &dlen);
                 if (n < 0) {
-                    attempt_failed(r, 502, "sent a malformed chunked body", 0);
+                    attempt_failed(r, 502, "sent a malformed chunked body", FAIL_INVALID);
                     return;
                 }
                 b->start += (size_t)n;
@@ -630,24 +645,8 @@ static void resp_body_pump(tg_request_t *r) {
                 r->resp_left -= (int64_t)dlen;
                 if (r->resp_left == 0) r->resp_up_done = 1;
             }
-            if (dlen) {
-                /* body_filter plugins see (data, dlen) here. */
-                struct iovec iov[3];
-                int n = 0;
-                char hdr[24];
-                if (r->frame == TG_FRAME_CHUNKED) {
-                    iov[n++] = (struct iovec){ hdr, tg_http_chunk_header(hdr, dlen) };
-                    iov[n++] = (struct iovec){ (void *)data, dlen };
-                    iov[n++] = (struct iovec){ (void *)CRLF, 2 };
-                } else {
-                    iov[n++] = (struct iovec){ (void *)data, dlen };
-                }
-                for (int k = 0; k < n; k++) r->bytes_sent += iov[k].iov_len;
-                if (tg_conn_send(c, iov, n) == TG_ERROR) {
-                    tg_log_write(TG_LOG_INFO, r->request_id, "client %s closed the connection during the response", c->ip);
-                    tg_conn_close(c);
-                    return;
-                }
+            if (dlen || r->resp_up_done) {
+                if (tg_response_send_body(r, data, dlen, r->resp_up_done) == TG_ERROR) return;
             }
             continue;
         }
@@ -662,7 +661,7 @@ static void resp_body_pump(tg_request_t *r) {
             continue;
         }
         if (n <= 0) {
-            attempt_failed(r, 502, "closed the connection in the middle of the response body", 0);
+            attempt_failed(r, 502, "closed the connection in the middle of the response body", FAIL_CLOSED);
             return;
         }
     }
@@ -784,7 +783,7 @@ static void upstream_io_cb(struct ev_loop *loop, ev_io *io, int revents) {
         if (tg_upstream_connect_finish(uc) != TG_OK) {
             char what[128];
             snprintf(what, sizeof(what), "connect failed: %s", strerror(errno));
-            attempt_failed(r, 502, what, 1);
+            attempt_failed(r, 502, what, FAIL_CONNECT);
             return;
         }
         up_timer(uc, 0);
@@ -795,7 +794,7 @@ static void upstream_io_cb(struct ev_loop *loop, ev_io *io, int revents) {
         if (revents & EV_WRITE) {
             int rc = tg_wqueue_flush(&uc->wq, uc->fd);
             if (rc == TG_ERROR) {
-                attempt_failed(r, 502, "reset the connection while receiving the request", 0);
+                attempt_failed(r, 502, "reset the connection while receiving the request", FAIL_CLOSED);
                 return;
             }
             if (rc == TG_OK) {
@@ -824,16 +823,16 @@ static void upstream_timer_cb(struct ev_loop *loop, ev_timer *t, int revents) {
     tg_request_t *r = uc->data;
     switch (r->proxy_state) {
     case PX_CONNECTING:
-        attempt_failed(r, 504, "timed out connecting", 1);
+        attempt_failed(r, 504, "timed out connecting", FAIL_CONNECT);
         return;
     case PX_SENDING:
-        attempt_failed(r, 504, "timed out receiving the request", 0);
+        attempt_failed(r, 504, "timed out receiving the request", FAIL_TIMEOUT);
         return;
     case PX_WAIT_RESP:
-        attempt_failed(r, 504, "timed out sending the response head", 0);
+        attempt_failed(r, 504, "timed out sending the response head", FAIL_TIMEOUT);
         return;
     case PX_RESP_BODY:
-        attempt_failed(r, 504, "timed out sending the response body", 0);
+        attempt_failed(r, 504, "timed out sending the response body", FAIL_TIMEOUT);
         return;
     case PX_TUNNEL:
         tunnel_end(r);

@@ -1,14 +1,17 @@
 /*
  * tg_request.c: a request from its complete head to its access-log line
- * (see tg_request.h): routing, local responses (errors, static `response:`
- * routes, echo), the request-body pump shared with the proxy, finalization
- * and logging.
+ * (see tg_request.h): routing, the phase state machine (rewrite and access
+ * plugins, then a local response or the proxy), the request-body pump
+ * shared by the proxy, echo and plugins, finalization and logging.
+ * Response heads and bodies are written by tg_response.c.
  */
 #include "tg_request.h"
 #include "tg_admin.h"
 #include "tg_conn.h"
 #include "tg_log.h"
+#include "tg_lua.h"
 #include "tg_proxy.h"
+#include "tg_response.h"
 #include "tg_router.h"
 #include "tg_upstream.h"
 
@@ -27,13 +30,10 @@
  * field and they are bounded by max_uri_bytes, 8 KiB by default). */
 #define TG_ACCESS_LINE_MAX 12288
 
+static void request_run(tg_request_t *r);
+
 static void rebase(tg_str_t *s, const char *from, const char *to) {
     if (s->p) s->p = to + (s->p - from);
-}
-
-tg_str_t tg_request_header(const tg_request_t *r, const char *name, size_t len) {
-    const tg_http_header_t *h = tg_http_header_find(r->http->headers, r->http->nheaders, name, len);
-    return h ? h->value : tg_null_string;
 }
 
 /* Host without the port, lowercased, into r->host. TG_ERROR if unusable. */
@@ -48,6 +48,8 @@ static int set_host(tg_request_t *r) {
         const char *colon = memchr(h.p, ':', n);
         if (colon) n = (size_t)(colon - h.p);
     }
+    /* "example.com." names the same host as "example.com" (nginx agrees). */
+    if (n > 1 && h.p[n - 1] == '.') n--;
     if (n >= sizeof(r->host)) return TG_ERROR;
     for (size_t i = 0; i < n; i++) r->host[i] = (char)tolower((unsigned char)h.p[i]);
     r->host[n] = '\0';
@@ -88,8 +90,6 @@ static void set_upstream_uri(tg_request_t *r) {
     r->upstream_uri.len = k;
 }
 
-static void respond_echo(tg_request_t *r);
-
 void tg_request_start(tg_conn_t *c, const tg_http_request_t *parsed) {
     tg_worker_t *w = c->worker;
     tg_pool_t *pool = tg_pool_create(TG_REQUEST_POOL_BLOCK);
@@ -100,6 +100,10 @@ void tg_request_start(tg_conn_t *c, const tg_http_request_t *parsed) {
     r->start = ev_now(w->loop);
     r->target = -1;
     r->phase = TG_PHASE_ROUTE;
+    r->resp_content_length = -1;
+    r->lua_co_ref = r->lua_ctx_ref = -1;
+    memcpy(r->client_ip, c->ip, sizeof(r->client_ip));
+    r->local_port = c->listener->port;
     c->r = r;
 
     /* Copy the head out of the connection buffer: the buffer is reused for
@@ -117,7 +121,7 @@ void tg_request_start(tg_conn_t *c, const tg_http_request_t *parsed) {
     tg_http_request_t *h = r->http;
     rebase(&h->method_name, base, r->head);
     rebase(&h->target, base, r->head);
-    rebase(&h->path, base, r->head);
+    if (h->path.p >= base && h->path.p < base + parsed->head_len) rebase(&h->path, base, r->head);
     rebase(&h->query, base, r->head);
     rebase(&h->host, base, r->head);
     for (int i = 0; i < h->nheaders; i++) {
@@ -169,29 +173,72 @@ void tg_request_start(tg_conn_t *c, const tg_http_request_t *parsed) {
         return;
     }
     set_upstream_uri(r);
+    if (w->lua) r->lua_phases = tg_lua_route_phases(w->lua, r->route->index);
+    r->phase = TG_PHASE_REWRITE;
+    request_run(r);
+}
 
-    /* REWRITE and ACCESS run here once the Lua runtime lands. */
-    r->phase = TG_PHASE_ACCESS;
+/* Sends the response a plugin asked for with tg.response.exit(). */
+static void respond_exit(tg_request_t *r) {
+    tg_response_local(r, r->exit_status ? r->exit_status : 200, r->exit_body, r->exit_body_len);
+}
 
-    const tg_conf_response_t *resp = r->route->response;
-    if (resp) {
-        if (resp->echo) {
-            respond_echo(r);
+/* Runs the phases from r->phase on until the request waits (Lua I/O, the
+ * body, the upstream) or is answered. Re-entered by tg_request_lua_resumed. */
+static void request_run(tg_request_t *r) {
+    for (;;) {
+        switch (r->phase) {
+        case TG_PHASE_REWRITE:
+        case TG_PHASE_ACCESS: {
+            int rc = TG_OK;
+            if (r->lua_phases & TG_LUA_BIT(r->phase)) rc = tg_lua_run_phase(r, r->phase);
+            if (rc == TG_AGAIN) return;
+            if (rc == TG_DONE) { r->phase = TG_PHASE_HEADER_FILTER; respond_exit(r); return; }
+            if (rc == TG_ERROR) { r->phase = TG_PHASE_HEADER_FILTER; tg_request_finalize(r, 500); return; }
+            r->phase = r->phase == TG_PHASE_REWRITE ? TG_PHASE_ACCESS : TG_PHASE_BALANCER;
+            break;
+        }
+        case TG_PHASE_BALANCER: {
+            const tg_conf_response_t *resp = r->route->response;
+            if (resp) {
+                r->phase = TG_PHASE_HEADER_FILTER;
+                if (resp->echo) tg_response_echo(r);
+                else tg_response_static(r, resp);
+                return;
+            }
+            tg_proxy_start(r);
             return;
         }
-        tg_request_respond(r, resp->status, resp->content_type, resp->body, resp->body_len, NULL);
+        default:
+            return;
+        }
+    }
+}
+
+void tg_request_lua_resumed(tg_request_t *r, int rc) {
+    if (r->phase == TG_PHASE_LOG || r->phase == TG_PHASE_DONE) {
+        /* The log phase finished after the response: release the request. */
+        if (rc != TG_AGAIN) {
+            r->log_pending = 0;
+            r->phase = TG_PHASE_DONE;
+            tg_request_free(r);
+        }
         return;
     }
-    r->phase = TG_PHASE_BALANCER;
-    tg_proxy_start(r);
+    if (rc == TG_AGAIN) return;
+    if (rc == TG_DONE) { r->phase = TG_PHASE_HEADER_FILTER; respond_exit(r); return; }
+    if (rc == TG_ERROR) { r->phase = TG_PHASE_HEADER_FILTER; tg_request_finalize(r, 500); return; }
+    if (r->body_read_wanted && !r->body_done) return;   /* body pump resumes us */
+    r->phase = r->phase == TG_PHASE_REWRITE ? TG_PHASE_ACCESS : TG_PHASE_BALANCER;
+    request_run(r);
 }
 
 /* Skips a request body that is already entirely buffered, so that a local
  * reply sent without reading it can keep the connection. Otherwise the
  * connection closes after the reply: the body is never parsed as a request. */
-static void skip_buffered_body(tg_request_t *r) {
+void tg_request_skip_buffered_body(tg_request_t *r) {
     tg_conn_t *c = r->conn;
-    if (r->body_done) return;
+    if (r->body_done || c == NULL) return;
     tg_buf_t *b = c->rbuf;
     size_t len = b ? tg_buf_len(b) : 0;
     if (!r->http->chunked) {
@@ -221,52 +268,17 @@ static void skip_buffered_body(tg_request_t *r) {
     c->close_after = 1;
 }
 
-void tg_request_respond(tg_request_t *r, int status, const char *content_type,
-                        const char *body, size_t len, const char *headers) {
-    tg_conn_t *c = r->conn;
-    skip_buffered_body(r);
-    if (r->worker->draining) c->close_after = 1;
-    char *head = tg_pool_alloc(r->pool, 512 + (headers ? strlen(headers) : 0));
-    const char *conn_hdr = c->close_after ? "Connection: close\r\n"
-                         : (r->http->http_minor == 0 ? "Connection: keep-alive\r\n" : "");
-    int n = sprintf(head,
-                    "HTTP/1.1 %d %s\r\nDate: %s\r\nServer: tollgate\r\n"
-                    "Content-Type: %s\r\nContent-Length: %zu\r\n%s%s\r\n",
-                    status, tg_http_status_text(status), tg_worker_date(r->worker),
-                    content_type ? content_type : "application/json", len,
-                    headers ? headers : "", conn_hdr);
-    struct iovec iov[2] = { { head, (size_t)n }, { (void *)body, len } };
-    int iovcnt = (r->http->method == HTTP_HEAD || len == 0) ? 1 : 2;
-    r->status = status;
-    r->header_sent = 1;
-    r->frame = TG_FRAME_LENGTH;
-    int rc = tg_conn_send(c, iov, iovcnt);
-    if (rc == TG_ERROR) {
-        c->close_after = 1;
-    } else {
-        r->bytes_sent = (size_t)n + (iovcnt == 2 ? len : 0);
-    }
-    r->response_done = 1;
-    tg_request_done(r);
-}
-
 void tg_request_finalize(tg_request_t *r, int status) {
     if (r->uc) tg_proxy_abort(r);
     if (r->header_sent) {
         /* Too late to change the response: truncate it by closing. */
-        r->conn->close_after = 1;
+        if (r->conn) r->conn->close_after = 1;
         if (!r->status) r->status = status;
         tg_request_done(r);
         return;
     }
-    char body[128];
-    int n = snprintf(body, sizeof(body), "{\"error\":\"%s\"}", tg_http_status_text(status));
-    /* 408 and 400 close: the stream can no longer be trusted. */
-    if (status == 400 || status == 408 || status == 413 || status == 414 || status == 431)
-        if (!r->body_done) r->conn->close_after = 1;
-    if (status == 400 || status == 408) r->conn->close_after = 1;
-    char *copy = tg_pool_strndup(r->pool, body, (size_t)n);
-    tg_request_respond(r, status, "application/json", copy, (size_t)n, NULL);
+    if (r->conn && (status == 400 || status == 408)) r->conn->close_after = 1;
+    tg_response_error(r, status);
 }
 
 /* ISO 8601 UTC time with milliseconds, for the access log. */
@@ -296,7 +308,7 @@ static void access_log(tg_request_t *r) {
         LOG_STR(r->request_id, strlen(r->request_id));
     }
     LOG_LIT(",\"client_ip\":");
-    LOG_STR(r->conn ? r->conn->ip : "-", r->conn ? strlen(r->conn->ip) : 1);
+    LOG_STR(r->client_ip, strlen(r->client_ip));
     LOG_LIT(",\"method\":");
     LOG_STR(r->http->method_name.p, r->http->method_name.len);
     /* The path only: query strings carry API keys and tokens. */
@@ -323,10 +335,11 @@ static void access_log(tg_request_t *r) {
     tg_access_log_append(line, pos);
 }
 
-static void log_phase(tg_request_t *r) {
-    if (r->phase == TG_PHASE_DONE) return;
+/* Counters and the access-log line; then the log plugins. Returns TG_AGAIN
+ * when a log plugin waits on I/O (the request outlives its connection). */
+static int log_phase(tg_request_t *r) {
+    if (r->phase == TG_PHASE_LOG || r->phase == TG_PHASE_DONE) return TG_OK;
     r->phase = TG_PHASE_LOG;
-    /* LOG plugins run here once the Lua runtime lands. */
     tg_stats_worker_t *st = r->worker->my_stats;
     st->requests++;
     int s = r->status;
@@ -335,25 +348,40 @@ static void log_phase(tg_request_t *r) {
     else if (s >= 300) st->status_3xx++;
     else st->status_2xx++;
     access_log(r);
+    if (r->lua_phases & TG_LUA_BIT(TG_PHASE_LOG)) {
+        int rc = tg_lua_run_phase(r, TG_PHASE_LOG);
+        if (rc == TG_AGAIN) {
+            r->log_pending = 1;
+            return TG_AGAIN;
+        }
+    }
     r->phase = TG_PHASE_DONE;
+    return TG_OK;
 }
 
 void tg_request_done(tg_request_t *r) {
     tg_conn_t *c = r->conn;
-    log_phase(r);
-    if (!r->body_done) c->close_after = 1;
-    tg_request_free(r);
-    tg_conn_request_done(c);
+    if (!r->body_done && c) c->close_after = 1;
+    if (r->uc) tg_proxy_abort(r);
+    if (c) {
+        c->r = NULL;
+        r->conn = NULL;
+    }
+    if (log_phase(r) == TG_OK) tg_request_free(r);
+    if (c) tg_conn_request_done(c);
 }
 
 void tg_request_free(tg_request_t *r) {
     if (r->uc) tg_proxy_abort(r);
-    if (r->phase != TG_PHASE_DONE) {
+    if (r->conn && r->conn->r == r) r->conn->r = NULL;
+    r->conn = NULL;
+    if (r->phase != TG_PHASE_DONE && !r->log_pending) {
         /* The client went away mid-request: log it as nginx's 499. */
         if (!r->status || !r->response_done) r->status = 499;
-        log_phase(r);
+        if (log_phase(r) == TG_AGAIN) return;   /* freed when the log phase ends */
     }
-    if (r->conn && r->conn->r == r) r->conn->r = NULL;
+    if (r->log_pending) return;
+    tg_lua_request_free(r);
     tg_pool_destroy(r->pool);
 }
 
@@ -373,7 +401,7 @@ int tg_request_body_pump(tg_request_t *r, tg_body_sink_pt sink) {
             if (r->http->chunked) {
                 ssize_t n = tg_http_chunked_decode(&r->body_chunked, b->data + b->start, len, &data, &dlen);
                 if (n < 0) {
-                    tg_log_write(TG_LOG_INFO, r->request_id, "malformed chunked request body from %s", c->ip);
+                    tg_log_write(TG_LOG_INFO, r->request_id, "malformed chunked request body from %s", r->client_ip);
                     c->close_after = 1;
                     tg_request_finalize(r, 400);
                     return TG_ERROR;
@@ -418,83 +446,78 @@ int tg_request_body_pump(tg_request_t *r, tg_body_sink_pt sink) {
             return TG_AGAIN;
         }
         /* EOF or error mid-body: the client is gone or broke the stream. */
-        tg_log_write(TG_LOG_INFO, r->request_id, "client %s closed the connection while sending the body", c->ip);
+        tg_log_write(TG_LOG_INFO, r->request_id, "client %s closed the connection while sending the body", r->client_ip);
         tg_conn_close(c);
         return TG_ERROR;
     }
 }
 
-/* ---- echo: answers with the request as JSON ---- */
+/* ---- whole body in memory (echo, tg.request.get_body) ---- */
 
-static int echo_sink(tg_request_t *r, const char *data, size_t len, int last) {
+typedef struct {
+    char   *p;
+    size_t  len;
+    size_t  cap;
+} mem_body_t;
+
+static int mem_sink(tg_request_t *r, const char *data, size_t len, int last) {
+    mem_body_t *m = (mem_body_t *)r->body_mem;
+    if (m == NULL) {
+        m = tg_pool_calloc(r->pool, sizeof(*m));
+        r->body_mem = (char *)m;
+    }
     if (len) {
-        size_t have = r->body_mem ? strlen(r->body_mem) : 0;
-        /* Body bytes are kept as a C string; NULs are escaped on output
-         * through the recorded length, so track length separately. */
-        char *nb = tg_pool_alloc(r->pool, (size_t)r->body_bytes + 1);
-        if (r->body_mem) memcpy(nb, r->body_mem, (size_t)r->body_bytes - len);
-        memcpy(nb + (size_t)r->body_bytes - len, data, len);
-        nb[r->body_bytes] = '\0';
-        r->body_mem = nb;
-        (void)have;
+        if (m->len + len > m->cap) {
+            /* Grow geometrically: the pool frees everything at the end. */
+            size_t cap = m->cap ? m->cap * 2 : 4096;
+            while (cap < m->len + len) cap *= 2;
+            char *np = tg_pool_alloc(r->pool, cap);
+            if (m->len) memcpy(np, m->p, m->len);
+            m->p = np;
+            m->cap = cap;
+        }
+        memcpy(m->p + m->len, data, len);
+        m->len += len;
     }
-    if (last) {
-        tg_conn_set_events(r->conn, r->conn->events & ~EV_READ);
-        tg_conn_set_timer(r->conn, 0);
-        respond_echo(r);
-        return TG_ERROR;   /* the request is finished; stop the pump */
+    if (!last) return TG_OK;
+    tg_conn_set_events(r->conn, r->conn->events & ~EV_READ);
+    tg_conn_set_timer(r->conn, 0);
+    if (r->body_read_wanted) {
+        r->body_read_wanted = 0;
+        if (r->lua_wait) tg_lua_wake(r->lua_wait);
+        return TG_ERROR;   /* stop the pump: the request moved on */
     }
-    return TG_OK;
+    tg_response_echo(r);
+    return TG_ERROR;
 }
 
-static void respond_echo(tg_request_t *r) {
-    if (!r->body_done) {
-        int rc = tg_request_body_pump(r, echo_sink);
-        (void)rc;   /* echo_sink answers when the body is complete */
-        return;
+tg_str_t tg_request_body(const tg_request_t *r) {
+    const mem_body_t *m = (const mem_body_t *)r->body_mem;
+    if (r->body_override.p) return r->body_override;
+    if (m == NULL) return (tg_str_t){ "", 0 };
+    return (tg_str_t){ m->p ? m->p : "", m->len };
+}
+
+int tg_request_read_body(tg_request_t *r) {
+    if (r->body_mem && r->body_done) return TG_OK;
+    if (!r->has_body) {
+        r->body_done = 1;
+        return TG_OK;
     }
-    tg_http_request_t *h = r->http;
-    size_t cap = 256 + h->head_len * 6 + (size_t)r->body_bytes * 6 + strlen(r->route->name) * 6;
-    char *line = tg_pool_alloc(r->pool, cap);
-    size_t pos = 0;
-    cap -= 8;
-    LOG_LIT("{\"method\":");
-    LOG_STR(h->method_name.p, h->method_name.len);
-    LOG_LIT(",\"path\":");
-    LOG_STR(r->path.p, r->path.len);
-    LOG_LIT(",\"query\":");
-    if (h->query.p) LOG_STR(h->query.p, h->query.len);
-    else LOG_LIT("null");
-    LOG_LIT(",\"uri\":");
-    LOG_STR(h->target.p, h->target.len);
-    LOG_FMT(",\"http_version\":\"1.%d\",\"client_ip\":", h->http_minor);
-    LOG_STR(r->conn->ip, strlen(r->conn->ip));
-    LOG_LIT(",\"route\":");
-    LOG_STR(r->route->name, strlen(r->route->name));
-    LOG_LIT(",\"headers\":{");
-    for (int i = 0; i < h->nheaders; i++) {
-        char name[256];
-        size_t nl = tg_min(h->headers[i].name.len, sizeof(name));
-        for (size_t k = 0; k < nl; k++) name[k] = (char)tolower((unsigned char)h->headers[i].name.p[k]);
-        if (i) LOG_LIT(",");
-        LOG_STR(name, nl);
-        LOG_LIT(":");
-        LOG_STR(h->headers[i].value.p, h->headers[i].value.len);
-    }
-    LOG_LIT("},\"body\":");
-    if (r->body_mem) LOG_STR(r->body_mem, (size_t)r->body_bytes);
-    else LOG_LIT("\"\"");
-    LOG_LIT("}");
-    tg_request_respond(r, r->route->response->status, "application/json", line, pos, NULL);
+    if (r->body_done) return TG_OK;   /* body already streamed elsewhere */
+    int rc = tg_request_body_pump(r, mem_sink);
+    if (rc == TG_OK) return TG_OK;
+    if (rc == TG_ERROR) return TG_ERROR;
+    return TG_AGAIN;
 }
 
 void tg_request_client_readable(tg_request_t *r) {
-    if (r->phase >= TG_PHASE_BALANCER && r->route && r->route->upstream) {
+    if (r->phase == TG_PHASE_PROXY || r->proxy_state) {
         tg_proxy_client_readable(r);
         return;
     }
-    if (!r->body_done) {
-        tg_request_body_pump(r, echo_sink);
+    if (!r->body_done && (r->body_read_wanted || r->phase == TG_PHASE_HEADER_FILTER)) {
+        tg_request_body_pump(r, mem_sink);
         return;
     }
     /* Bytes of a pipelined request arrived while this one runs: leave them
@@ -503,18 +526,16 @@ void tg_request_client_readable(tg_request_t *r) {
 }
 
 void tg_request_client_writable(tg_request_t *r) {
-    if (r->phase >= TG_PHASE_BALANCER && r->route && r->route->upstream) {
-        tg_proxy_client_writable(r);
-    }
+    if (r->phase == TG_PHASE_PROXY || r->proxy_state) tg_proxy_client_writable(r);
 }
 
 void tg_request_client_timeout(tg_request_t *r) {
-    if (r->phase >= TG_PHASE_BALANCER && r->route && r->route->upstream) {
+    if (r->phase == TG_PHASE_PROXY || r->proxy_state) {
         tg_proxy_client_timeout(r);
         return;
     }
     if (!r->body_done) {
-        tg_log_write(TG_LOG_INFO, r->request_id, "client %s timed out sending the body", r->conn->ip);
+        tg_log_write(TG_LOG_INFO, r->request_id, "client %s timed out sending the body", r->client_ip);
         tg_request_finalize(r, 408);
         return;
     }

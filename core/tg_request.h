@@ -46,6 +46,13 @@ typedef enum {
     TG_FRAME_CLOSE,         /* until close (HTTP/1.0 clients, unknown length) */
 } tg_frame_e;
 
+/* A mutable header list in the request's pool (plugin edits). */
+typedef struct {
+    tg_http_header_t *h;
+    int               n;
+    int               cap;
+} tg_hdr_list_t;
+
 struct tg_request_s {
     tg_conn_t          *conn;
     tg_worker_t        *worker;
@@ -68,7 +75,7 @@ struct tg_request_s {
     unsigned            has_body:1;
     unsigned            body_done:1;
     unsigned            continue_sent:1;
-    char               *body_mem;      /* whole body (echo), in the pool */
+    void               *body_mem;      /* whole body in memory (echo, get_body) */
 
     /* upstream side (tg_proxy.c) */
     tg_upstream_t      *upstream;
@@ -105,6 +112,36 @@ struct tg_request_s {
     uint64_t            bytes_sent;    /* bytes handed to the socket */
 
     const char         *request_id;    /* set by the request-id plugin */
+    char                client_ip[46]; /* copied: the log phase may outlive the connection */
+    uint16_t            local_port;
+
+    /* plugin edits of the upstream request (NULL/empty: as received) */
+    tg_hdr_list_t      *req_hdrs;      /* the headers going upstream */
+    tg_str_t            body_override; /* set_body(); p != NULL when set */
+    unsigned            body_read_wanted:1; /* a plugin waits for the whole body */
+
+    /* the response as it will be sent: status + headers without framing
+     * (Content-Length / Transfer-Encoding / Connection are the core's) */
+    tg_hdr_list_t       resp_hdrs;
+    int64_t             resp_content_length; /* -1 unknown */
+    const char         *local_body;    /* local response body (pool/static) */
+    size_t              local_body_len;
+
+    /* tg.response.exit() */
+    int                 exit_status;
+    const char         *exit_body;
+    size_t              exit_body_len;
+
+    /* Lua */
+    unsigned            lua_phases;    /* TG_LUA_BIT()s of the route */
+    void               *lua_co;        /* lua_State * of the request's coroutine */
+    int                 lua_co_ref;
+    int                 lua_ctx_ref;
+    struct tg_lua_wait_s *lua_wait;    /* pending I/O of the coroutine */
+    unsigned            lua_running:1; /* inside a resume (no re-entry) */
+    unsigned            log_pending:1; /* log phase still running after done */
+    unsigned            local_response:1; /* generated here: add Date, Server */
+    unsigned            body_eof_sent:1;  /* last piece of the body sent */
 };
 
 /* Takes a complete head from c->rbuf (parsed into `parsed`, slices into the
@@ -147,7 +184,38 @@ int tg_request_body_pump(tg_request_t *r, tg_body_sink_pt sink);
  * upstream side first). */
 void tg_request_free(tg_request_t *r);
 
-/* Header value of the client request (case-insensitive), or a NULL slice. */
+/* Header value of the request as it will go upstream (client headers with
+ * plugin edits), case-insensitive; a NULL slice when absent. */
 tg_str_t tg_request_header(const tg_request_t *r, const char *name, size_t len);
+
+/* The request headers as they will go upstream. */
+const tg_http_header_t *tg_request_headers(const tg_request_t *r, int *n);
+
+/* Header list edits. mode: TG_HDR_SET (replace all of that name),
+ * TG_HDR_ADD, TG_HDR_CLEAR. Copies name and value into the pool. */
+#define TG_HDR_SET   0
+#define TG_HDR_ADD   1
+#define TG_HDR_CLEAR 2
+void tg_hdr_list_edit(tg_pool_t *pool, tg_hdr_list_t *l, int mode,
+                      const char *name, size_t nlen, const char *value, size_t vlen);
+const tg_http_header_t *tg_hdr_list_find(const tg_hdr_list_t *l, const char *name, size_t len);
+/* Makes r->req_hdrs a mutable copy of the client headers (first edit). */
+tg_hdr_list_t *tg_request_req_hdrs(tg_request_t *r);
+
+/* The Lua coroutine of r finished waiting: continue r's state machine with
+ * the phase result (TG_OK, TG_DONE, TG_ERROR). */
+void tg_request_lua_resumed(tg_request_t *r, int rc);
+
+/* Reads the whole request body into memory (tg.request.get_body, echo):
+ * TG_OK when it is there (tg_request_body), TG_AGAIN while reading (the
+ * pump wakes the waiting Lua coroutine), TG_ERROR when the request was
+ * finalized (413, 400, client gone). */
+int tg_request_read_body(tg_request_t *r);
+/* The body read into memory, or the plugin's replacement (set_body). */
+tg_str_t tg_request_body(const tg_request_t *r);
+/* Consumes a body already entirely buffered; else marks the connection to
+ * close after the response (a body we did not read is never parsed as the
+ * next request). */
+void tg_request_skip_buffered_body(tg_request_t *r);
 
 #endif

@@ -6,6 +6,7 @@
 #include "tg_worker.h"
 #include "tg_conn.h"
 #include "tg_log.h"
+#include "tg_lua.h"
 #include "tg_pool.h"
 #include "tg_upstream.h"
 
@@ -31,7 +32,15 @@ static void drain_timer_cb(struct ev_loop *loop, ev_timer *t, int revents) {
 void tg_worker_drain(tg_worker_t *w) {
     if (w->draining) return;
     w->draining = 1;
-    for (int i = 0; i < w->nlisteners; i++) ev_io_stop(w->loop, &w->listeners[i].io);
+    /* Close our copies of the listening sockets: the master and the next
+     * generation hold their own, and a socket nobody else holds (graceful
+     * stop, an address the new config dropped) must refuse new clients
+     * rather than queue them. */
+    for (int i = 0; i < w->nlisteners; i++) {
+        ev_io_stop(w->loop, &w->listeners[i].io);
+        close(w->listeners[i].fd);
+        w->listeners[i].fd = -1;
+    }
     tg_link_t *l = w->conns.next;
     while (l != &w->conns) {
         tg_link_t *next = l->next;
@@ -57,7 +66,8 @@ void tg_worker_conn_closed(tg_worker_t *w) {
     }
     /* Accepting may have been paused for lack of descriptors. */
     for (int i = 0; i < w->nlisteners; i++)
-        if (!ev_is_active(&w->listeners[i].io)) ev_io_start(w->loop, &w->listeners[i].io);
+        if (w->listeners[i].fd >= 0 && !ev_is_active(&w->listeners[i].io))
+            ev_io_start(w->loop, &w->listeners[i].io);
 }
 
 const char *tg_worker_date(tg_worker_t *w) {
@@ -122,6 +132,15 @@ int tg_worker_run(tg_conf_t *conf, int slot, unsigned generation,
     w->upstreams = tg_xcalloc((size_t)(conf->nupstreams ? conf->nupstreams : 1), sizeof(tg_upstream_t));
     for (int i = 0; i < conf->nupstreams; i++) tg_upstream_init(&w->upstreams[i], w, &conf->upstreams[i]);
 
+    /* Plugins enforce policy (auth, limits): without them the worker must
+     * not serve, so a VM that fails to start stops the worker (fail closed;
+     * the master restarts it with a back-off). */
+    w->lua = tg_lua_new(conf, w);
+    if (w->lua == NULL) {
+        tg_log_crit("cannot start the Lua runtime; exiting");
+        return 1;
+    }
+
     w->nlisteners = conf->nlistens + (admin_fd >= 0 ? 1 : 0);
     w->listeners = tg_xcalloc((size_t)w->nlisteners, sizeof(tg_listener_t));
     for (int i = 0; i < w->nlisteners; i++) {
@@ -164,6 +183,8 @@ int tg_worker_run(tg_conf_t *conf, int slot, unsigned generation,
     /* Exit: close whatever is left (drain timeout or fast stop). */
     while (!tg_link_empty(&w->conns)) tg_conn_close(tg_link_data(w->conns.next, tg_conn_t, link));
     for (int i = 0; i < w->nupstreams; i++) tg_upstream_free(&w->upstreams[i]);
+    tg_lua_free(w->lua);
+    w->lua = NULL;
     tg_access_log_close();
     tg_log_info("exiting");
     return 0;

@@ -54,6 +54,7 @@ struct tg_worker_s {
     tg_upstream_t      *upstreams;    /* one per conf->upstreams[i] */
     int                 nupstreams;
 
+    struct tg_lua_s    *lua;          /* the worker's Lua VM */
     tg_buf_list_t       bufs;         /* read buffers */
     tg_link_t           conns;        /* all client connections */
     int                 nconns;

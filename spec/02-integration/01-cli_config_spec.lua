@@ -130,7 +130,7 @@ describe("tollgate CLI", function()
       "limits.max_header_bytes: expected",
       "routes[1].paths[0]:",
       "routes[3].methods: expected a list",
-      "routes[3].response.status: expected an integer between 100 and 599",
+      "routes[3].response.status: expected an integer between 200 and 599",
     }
     for _, e in ipairs(expected) do
       assert.truthy(err:find(e, 1, true), "stderr lacks «" .. e .. "»:\n" .. err)

@@ -1,0 +1,496 @@
+/*
+ * tg_lua.c: the Lua VM of a worker, request coroutines, phases and the
+ * wait/wake machinery for non-blocking I/O (see tg_lua.h).
+ *
+ * How a wait works (lua-resty-core's pattern): a PDK function calls an FFI
+ * function that starts an operation and registers the running coroutine
+ * with tg_lua_wait_begin(); it returns "pending" and the Lua side yields
+ * TG_LUA_WAIT. When the loop completes the operation, the owner calls
+ * tg_lua_wake(), which resumes the coroutine; the Lua side then fetches the
+ * result through FFI. FFI calls never yield and never finish a request
+ * themselves: anything that could end the request (reading the body can
+ * fail with 413) is started here, after the coroutine has yielded.
+ *
+ * Process-wide state: a worker has exactly one VM; the FFI functions find
+ * it, the running coroutine and its request through the statics below
+ * (there is no other way for an FFI call to know its caller).
+ */
+#include "tg_lua.h"
+#include "tg_conn.h"
+#include "tg_log.h"
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#ifndef TG_PREFIX
+#define TG_PREFIX "."
+#endif
+
+struct tg_lua_s {
+    lua_State   *L;
+    tg_worker_t *worker;
+    unsigned    *phases;       /* per route */
+    int          nroutes;
+    int          ref_runtime;  /* the runtime module table */
+    int          ref_main;     /* runtime.request_main */
+    int          ref_timer;    /* runtime.run_timer */
+};
+
+struct tg_lua_wait_s {
+    tg_request_t *r;           /* NULL for timer coroutines */
+    lua_State    *co;
+    struct tg_lua_timer_s *timer;
+    int           cancelled;
+};
+
+typedef struct tg_lua_timer_s {
+    ev_timer   t;
+    int        id;             /* runtime.timers[id] holds the function */
+    lua_State *co;
+    int        co_ref;
+} tg_lua_timer_t;
+
+static tg_lua_t     *g_lua;
+static lua_State    *g_co;          /* coroutine being resumed, if any */
+static tg_request_t *g_r;           /* its request */
+static tg_lua_timer_t *g_timer;     /* its timer, for timer coroutines */
+static int           g_may_yield;
+
+tg_worker_t *tg_lua_worker(void) { return g_lua ? g_lua->worker : NULL; }
+
+/* ---- config tree -> Lua ---- */
+
+static void push_yaml(lua_State *L, const tg_yaml_node_t *n, int null_idx) {
+    if (n == NULL) {
+        lua_pushnil(L);
+        return;
+    }
+    switch (n->type) {
+    case TG_YAML_SCALAR: {
+        int b;
+        double d;
+        if (!n->plain) lua_pushlstring(L, n->scalar, n->len);
+        else if (tg_yaml_is_null(n)) lua_pushvalue(L, null_idx);
+        else if (tg_yaml_as_bool(n, &b)) lua_pushboolean(L, b);
+        else if (tg_yaml_as_number(n, &d)) lua_pushnumber(L, d);
+        else lua_pushlstring(L, n->scalar, n->len);
+        return;
+    }
+    case TG_YAML_SEQ:
+        lua_createtable(L, n->n, 0);
+        for (int i = 0; i < n->n; i++) {
+            push_yaml(L, n->items[i], null_idx);
+            lua_rawseti(L, -2, i + 1);
+        }
+        return;
+    case TG_YAML_MAP:
+        lua_createtable(L, 0, n->n);
+        for (int i = 0; i < n->n; i++) {
+            lua_pushlstring(L, n->keys[i]->scalar, n->keys[i]->len);
+            push_yaml(L, n->items[i], null_idx);
+            lua_rawset(L, -3);
+        }
+        return;
+    }
+    lua_pushnil(L);
+}
+
+/* ---- VM ---- */
+
+static lua_State *vm_open(const tg_conf_t *conf, tg_conf_errors_t *errs) {
+    lua_State *L = luaL_newstate();
+    if (L == NULL) {
+        tg_conf_errors_add(errs, "lua: cannot create a VM (out of memory)");
+        return NULL;
+    }
+    luaL_openlibs(L);
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "path");
+    const char *old = lua_tostring(L, -1);
+    lua_pushfstring(L, "%s/lua/?.lua;%s/lua/?/init.lua;%s", TG_PREFIX, TG_PREFIX, old ? old : "");
+    lua_setfield(L, -3, "path");
+    lua_pop(L, 2);
+    lua_getglobal(L, "require");
+    lua_pushstring(L, "tollgate.runtime");
+    if (lua_pcall(L, 1, 1, 0) != 0) {
+        tg_conf_errors_add(errs, "lua: cannot load the runtime: %s", lua_tostring(L, -1));
+        lua_close(L);
+        return NULL;
+    }
+    return L;   /* runtime module on the stack */
+}
+
+/* Calls runtime.init(conf_tree, prefix, check_only) with the runtime at the
+ * top of L's stack. Collects errors; on success leaves phases in lua. */
+static int vm_init(lua_State *L, tg_conf_t *conf, int check_only, tg_conf_errors_t *errs,
+                   unsigned **phases_out) {
+    int rt = lua_gettop(L);
+    lua_getfield(L, rt, "init");
+    lua_getfield(L, rt, "null");
+    int null_idx = lua_gettop(L);
+    push_yaml(L, conf->root, null_idx);
+    lua_remove(L, null_idx);
+    lua_pushstring(L, conf->prefix ? conf->prefix : ".");
+    lua_pushstring(L, TG_PREFIX);
+    lua_pushboolean(L, check_only);
+    if (lua_pcall(L, 4, 2, 0) != 0) {
+        tg_conf_errors_add(errs, "lua: runtime init failed: %s", lua_tostring(L, -1));
+        lua_pop(L, 1);
+        return TG_ERROR;
+    }
+    /* returns: phases (table) | nil, errors (table) */
+    if (lua_isnil(L, -2)) {
+        int n = (int)lua_objlen(L, -1);
+        for (int i = 1; i <= n; i++) {
+            lua_rawgeti(L, -1, i);
+            tg_conf_errors_add(errs, "%s", lua_tostring(L, -1));
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 2);
+        return TG_ERROR;
+    }
+    if (phases_out) {
+        unsigned *ph = tg_xcalloc((size_t)(conf->nroutes ? conf->nroutes : 1), sizeof(unsigned));
+        for (int i = 0; i < conf->nroutes; i++) {
+            lua_rawgeti(L, -2, i + 1);
+            ph[i] = (unsigned)lua_tointeger(L, -1);
+            lua_pop(L, 1);
+        }
+        *phases_out = ph;
+    }
+    lua_pop(L, 2);
+    return TG_OK;
+}
+
+int tg_lua_conf_check(tg_conf_t *conf, tg_conf_errors_t *errs) {
+    lua_State *L = vm_open(conf, errs);
+    if (L == NULL) return TG_ERROR;
+    int rc = vm_init(L, conf, 1, errs, NULL);
+    lua_close(L);
+    return rc;
+}
+
+tg_lua_t *tg_lua_new(tg_conf_t *conf, tg_worker_t *w) {
+    tg_conf_errors_t errs = { 0 };
+    lua_State *L = vm_open(conf, &errs);
+    tg_lua_t *lua = NULL;
+    if (L && vm_init(L, conf, 0, &errs, NULL) == TG_OK) {
+        lua = tg_xcalloc(1, sizeof(*lua));
+        lua->L = L;
+        lua->worker = w;
+        lua->nroutes = conf->nroutes;
+        lua->phases = tg_xcalloc((size_t)(conf->nroutes ? conf->nroutes : 1), sizeof(unsigned));
+        /* runtime.route_phases(i) */
+        lua_getfield(L, -1, "route_phases");
+        for (int i = 0; i < conf->nroutes; i++) {
+            lua_pushvalue(L, -1);
+            lua_pushinteger(L, i + 1);
+            lua_call(L, 1, 1);
+            lua->phases[i] = (unsigned)lua_tointeger(L, -1);
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 1);
+        lua_getfield(L, -1, "request_main");
+        lua->ref_main = luaL_ref(L, LUA_REGISTRYINDEX);
+        lua_getfield(L, -1, "run_timer");
+        lua->ref_timer = luaL_ref(L, LUA_REGISTRYINDEX);
+        lua->ref_runtime = luaL_ref(L, LUA_REGISTRYINDEX);
+        g_lua = lua;
+        /* init_worker handlers may start timers: they need g_lua. */
+        lua_rawgeti(L, LUA_REGISTRYINDEX, lua->ref_runtime);
+        lua_getfield(L, -1, "init_worker");
+        if (lua_pcall(L, 0, 0, 0) != 0) {
+            tg_log_error("lua: init_worker failed: %s", lua_tostring(L, -1));
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 1);
+        return lua;
+    }
+    for (int i = 0; i < errs.n; i++) tg_log_error("%s", errs.msg[i]);
+    tg_conf_errors_free(&errs);
+    if (L) lua_close(L);
+    return NULL;
+}
+
+void tg_lua_free(tg_lua_t *lua) {
+    if (lua == NULL) return;
+    if (g_lua == lua) g_lua = NULL;
+    lua_close(lua->L);
+    free(lua->phases);
+    free(lua);
+}
+
+unsigned tg_lua_route_phases(const tg_lua_t *lua, int route_index) {
+    if (lua == NULL || route_index < 0 || route_index >= lua->nroutes) return 0;
+    return lua->phases[route_index];
+}
+
+/* ---- coroutines ---- */
+
+static void drop_coroutine(tg_request_t *r) {
+    if (r->lua_co_ref != -1 && g_lua) luaL_unref(g_lua->L, LUA_REGISTRYINDEX, r->lua_co_ref);
+    r->lua_co_ref = -1;
+    r->lua_co = NULL;
+}
+
+static void cancel_wait(tg_request_t *r) {
+    if (r->lua_wait) {
+        r->lua_wait->cancelled = 1;
+        r->lua_wait->r = NULL;
+        r->lua_wait = NULL;
+    }
+}
+
+/* Resumes co. Returns the yielded code (TG_LUA_*), leaving the yielded
+ * values on co's stack, or TG_LUA_ERROR when the coroutine died. */
+static int resume(tg_request_t *r, tg_lua_timer_t *tm, lua_State *co, int nargs, int may_yield) {
+    lua_State *saved_co = g_co;
+    tg_request_t *saved_r = g_r;
+    tg_lua_timer_t *saved_t = g_timer;
+    int saved_y = g_may_yield;
+    g_co = co;
+    g_r = r;
+    g_timer = tm;
+    g_may_yield = may_yield;
+    if (r) r->lua_running = 1;
+    int st = lua_resume(co, nargs);
+    if (r) r->lua_running = 0;
+    g_co = saved_co;
+    g_r = saved_r;
+    g_timer = saved_t;
+    g_may_yield = saved_y;
+    if (st == LUA_YIELD) return (int)lua_tointeger(co, 1);
+    if (st != 0) {
+        const char *msg = lua_tostring(co, -1);
+        tg_log_write(TG_LOG_ERR, r ? r->request_id : NULL, "lua: coroutine failed: %s", msg ? msg : "?");
+    }
+    if (r) drop_coroutine(r);
+    return st == 0 ? TG_LUA_PHASE_DONE : TG_LUA_ERROR;
+}
+
+static int code_to_rc(int code) {
+    switch (code) {
+    case TG_LUA_PHASE_DONE: return TG_OK;
+    case TG_LUA_WAIT:       return TG_AGAIN;
+    case TG_LUA_EXIT:       return TG_DONE;
+    default:                return TG_ERROR;
+    }
+}
+
+/* Things a coroutine asked for that must start outside Lua (see the file
+ * comment). Returns 1 when the wait already completed and the coroutine
+ * should be resumed again right away. */
+static int start_deferred(tg_request_t *r) {
+    if (r->body_read_wanted) {
+        int rc = tg_request_read_body(r);
+        if (rc == TG_OK) {
+            r->body_read_wanted = 0;
+            cancel_wait(r);
+            return 1;
+        }
+        /* TG_AGAIN: the pump wakes us; TG_ERROR: the request is finalized. */
+    }
+    return 0;
+}
+
+/* Pushes a new request coroutine's function and first arguments. */
+static lua_State *new_request_coroutine(tg_request_t *r, int *nargs) {
+    lua_State *L = g_lua->L;
+    lua_State *co = lua_newthread(L);
+    r->lua_co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    r->lua_co = co;
+    if (r->lua_ctx_ref == -1) {
+        lua_newtable(L);
+        r->lua_ctx_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
+    lua_rawgeti(co, LUA_REGISTRYINDEX, g_lua->ref_main);
+    lua_pushlightuserdata(co, r);
+    lua_pushinteger(co, r->route ? r->route->index + 1 : 0);
+    lua_rawgeti(co, LUA_REGISTRYINDEX, r->lua_ctx_ref);
+    *nargs = 3;
+    return co;
+}
+
+/* Runs one phase in r's coroutine. Extra arguments are pushed by `push`. */
+static int run(tg_request_t *r, tg_phase_e phase, int may_yield) {
+    if (g_lua == NULL) return TG_OK;
+    if (r->lua_running) return TG_ERROR;   /* never re-enter a running coroutine */
+    lua_State *co = r->lua_co;
+    int nargs = 0;
+    if (co != NULL && r->lua_wait) {
+        /* Still waiting in an earlier phase (the request was cut short):
+         * that phase is abandoned; this one runs in a fresh coroutine. */
+        cancel_wait(r);
+        drop_coroutine(r);
+        co = NULL;
+    }
+    if (co == NULL) co = new_request_coroutine(r, &nargs);
+    else lua_settop(co, 0);
+    lua_pushinteger(co, phase);
+    nargs++;
+    int code = resume(r, NULL, co, nargs, may_yield);
+    while (code == TG_LUA_WAIT && start_deferred(r)) {
+        lua_settop(co, 0);
+        code = resume(r, NULL, co, 0, may_yield);
+    }
+    return code;
+}
+
+int tg_lua_run_phase(tg_request_t *r, tg_phase_e phase) {
+    int code = run(r, phase, 1);
+    if (r->lua_co) lua_settop((lua_State *)r->lua_co, 0);
+    return code_to_rc(code);
+}
+
+int tg_lua_header_filter(tg_request_t *r) {
+    int code = run(r, TG_PHASE_HEADER_FILTER, 0);
+    if (r->lua_co) lua_settop((lua_State *)r->lua_co, 0);
+    return code == TG_LUA_PHASE_DONE ? TG_OK : TG_ERROR;
+}
+
+int tg_lua_body_filter(tg_request_t *r, const char *in, size_t len, int eof,
+                       const char **out, size_t *outlen) {
+    if (g_lua == NULL || r->lua_running) return TG_ERROR;
+    lua_State *co = r->lua_co;
+    int nargs = 0;
+    if (co != NULL && r->lua_wait) {
+        cancel_wait(r);
+        drop_coroutine(r);
+        co = NULL;
+    }
+    if (co == NULL) co = new_request_coroutine(r, &nargs);
+    else lua_settop(co, 0);
+    lua_pushinteger(co, TG_PHASE_BODY_FILTER);
+    lua_pushlstring(co, in ? in : "", len);
+    lua_pushboolean(co, eof);
+    nargs += 3;
+    int code = resume(r, NULL, co, nargs, 0);
+    if (code != TG_LUA_PHASE_DONE || r->lua_co == NULL) return TG_ERROR;
+    /* The chunk stays on the coroutine's stack until the next call. */
+    if (lua_type(co, 2) == LUA_TSTRING) {
+        *out = lua_tolstring(co, 2, outlen);
+    } else {
+        *out = "";
+        *outlen = 0;
+    }
+    return TG_OK;
+}
+
+void tg_lua_request_free(tg_request_t *r) {
+    cancel_wait(r);
+    drop_coroutine(r);
+    if (r->lua_ctx_ref != -1 && g_lua) luaL_unref(g_lua->L, LUA_REGISTRYINDEX, r->lua_ctx_ref);
+    r->lua_ctx_ref = -1;
+}
+
+/* ---- waits ---- */
+
+tg_lua_wait_t *tg_lua_wait_begin(void) {
+    if (g_co == NULL || !g_may_yield) return NULL;
+    tg_lua_wait_t *wt = tg_xcalloc(1, sizeof(*wt));
+    wt->co = g_co;
+    wt->r = g_r;
+    wt->timer = g_timer;
+    if (g_r) g_r->lua_wait = wt;
+    return wt;
+}
+
+int tg_lua_wait_cancelled(const tg_lua_wait_t *wt) { return wt->cancelled; }
+
+static void timer_finish(tg_lua_timer_t *tm) {
+    if (g_lua) luaL_unref(g_lua->L, LUA_REGISTRYINDEX, tm->co_ref);
+    free(tm);
+}
+
+void tg_lua_wake(tg_lua_wait_t *wt) {
+    if (wt->cancelled || g_lua == NULL) {
+        free(wt);
+        return;
+    }
+    tg_request_t *r = wt->r;
+    lua_State *co = wt->co;
+    tg_lua_timer_t *tm = wt->timer;
+    free(wt);
+    if (r == NULL) {
+        lua_settop(co, 0);
+        int code = resume(NULL, tm, co, 0, 1);
+        if (code != TG_LUA_WAIT && tm) timer_finish(tm);
+        return;
+    }
+    r->lua_wait = NULL;
+    if (r->lua_running) return;   /* cannot happen: waits complete from the loop */
+    lua_settop(co, 0);
+    int code = resume(r, NULL, co, 0, 1);
+    while (code == TG_LUA_WAIT && start_deferred(r)) {
+        lua_settop(co, 0);
+        code = resume(r, NULL, co, 0, 1);
+    }
+    if (r->lua_co) lua_settop((lua_State *)r->lua_co, 0);
+    tg_request_lua_resumed(r, code_to_rc(code));
+}
+
+/* ---- timers (tg.timer.at / every, tg.sleep) ---- */
+
+static void timer_fire_cb(struct ev_loop *loop, ev_timer *t, int revents) {
+    tg_lua_timer_t *tm = (tg_lua_timer_t *)t;
+    if (g_lua == NULL) {
+        free(tm);
+        return;
+    }
+    lua_State *L = g_lua->L;
+    lua_State *co = lua_newthread(L);
+    tm->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    tm->co = co;
+    lua_rawgeti(co, LUA_REGISTRYINDEX, g_lua->ref_timer);
+    lua_pushinteger(co, tm->id);
+    int code = resume(NULL, tm, co, 1, 1);
+    if (code != TG_LUA_WAIT) timer_finish(tm);
+}
+
+int tg_ffi_timer_at(double delay, int id) {
+    if (g_lua == NULL || delay < 0) return -1;
+    tg_lua_timer_t *tm = tg_xcalloc(1, sizeof(*tm));
+    tm->id = id;
+    tm->co_ref = LUA_NOREF;
+    ev_timer_init(&tm->t, timer_fire_cb, delay, 0.);
+    ev_timer_start(g_lua->worker->loop, &tm->t);
+    /* Pending timers do not keep a draining worker alive. */
+    ev_unref(g_lua->worker->loop);
+    return 0;
+}
+
+typedef struct {
+    ev_timer       t;
+    tg_lua_wait_t *wt;
+} sleep_timer_t;
+
+static void sleep_cb(struct ev_loop *loop, ev_timer *t, int revents) {
+    sleep_timer_t *st = (sleep_timer_t *)t;
+    tg_lua_wait_t *wt = st->wt;
+    free(st);
+    tg_lua_wake(wt);
+}
+
+/* tg.sleep(s): 1 = yield now, -1 = not allowed in this context. */
+int tg_ffi_sleep(double s) {
+    tg_lua_wait_t *wt = tg_lua_wait_begin();
+    if (wt == NULL) return -1;
+    sleep_timer_t *st = tg_xcalloc(1, sizeof(*st));
+    st->wt = wt;
+    ev_timer_init(&st->t, sleep_cb, s < 0 ? 0 : s, 0.);
+    ev_timer_start(g_lua->worker->loop, &st->t);
+    return 1;
+}
+
+/* tg.request.get_body(): 0 = ready, 1 = yield now, -1 = not available. */
+int tg_ffi_req_read_body(tg_request_t *r) {
+    if (r->body_done && (r->body_mem || !r->has_body)) return 0;
+    if (r->body_done || r->conn == NULL) return -1;   /* streamed upstream already */
+    tg_lua_wait_t *wt = tg_lua_wait_begin();
+    if (wt == NULL) return -1;
+    r->body_read_wanted = 1;
+    return 1;
+}

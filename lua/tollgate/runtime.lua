@@ -1,0 +1,304 @@
+-- tollgate.runtime: plugin loading, per-route phase chains and the request
+-- coroutine. Called from C (core/tg_lua.c):
+--   init(conf, conf_prefix, tg_prefix, check_only) -> phases | nil, errors
+--   route_phases(i)   -> bit mask of phases with plugins on route i (1-based)
+--   init_worker()     -> runs each plugin's init_worker
+--   request_main(r, route_index, ctx, phase, ...)  the request coroutine
+--   run_timer(id)     the body of a timer coroutine
+-- Plugins run in this order per phase: the route's plugin_order first, then
+-- descending priority (ties by name). A route's config of a plugin replaces
+-- the global one; `name: false` on a route disables a global plugin there.
+local ffi     = require "ffi"
+local C       = require "tollgate.ffi"
+local schema  = require "tollgate.schema"
+local current = require "tollgate.context"
+
+local co_yield   = coroutine.yield
+local xpcall     = xpcall
+local traceback  = debug.traceback
+local type       = type
+local pairs      = pairs
+local ipairs     = ipairs
+local tostring   = tostring
+local sort       = table.sort
+local concat     = table.concat
+local bit        = require "bit"
+
+local _M = {}
+
+-- Codes yielded to C (core/tg_lua.h) and phase ids (enum tg_phase_e).
+local DONE, WAIT, EXIT, ERROR = 0, 1, 2, 3
+local PHASES = { rewrite = 1, access = 2, header_filter = 5, body_filter = 6, log = 7 }
+local PHASE_NAMES = {}
+for name, id in pairs(PHASES) do PHASE_NAMES[id] = name end
+local BODY_FILTER = PHASES.body_filter
+
+_M.null = schema.null
+_M.codes = { DONE = DONE, WAIT = WAIT, EXIT = EXIT, ERROR = ERROR }
+_M.PHASES = PHASES
+
+-- The exit marker: tg.response.exit() raises it, the runner recognises it.
+local EXIT_MARKER = setmetatable({}, { __tostring = function() return "tollgate exit" end })
+_M.EXIT_MARKER = EXIT_MARKER
+
+local loaded = {}        -- plugin name -> module table
+local chains = {}        -- route index -> { [phase id] = { {name, fn, conf}, ... } }
+local masks = {}         -- route index -> phase bit mask
+local timers = {}        -- timer id -> { fn, args... }
+local next_timer = 0
+
+local function file_exists(path)
+  local f = io.open(path, "r")
+  if f then f:close() return true end
+  return false
+end
+
+local function load_plugin(name, dirs)
+  if loaded[name] then return loaded[name] end
+  if type(name) ~= "string" or not name:match("^[%w][%w_-]*$") then
+    return nil, "invalid plugin name"
+  end
+  for _, dir in ipairs(dirs) do
+    local path = dir .. "/" .. name .. ".lua"
+    if file_exists(path) then
+      local chunk, err = loadfile(path)
+      if not chunk then return nil, "cannot load " .. path .. ": " .. err end
+      local ok, p = pcall(chunk)
+      if not ok then return nil, "error loading " .. path .. ": " .. tostring(p) end
+      if type(p) ~= "table" then return nil, path .. " does not return a table" end
+      if p.name ~= name then
+        return nil, path .. ": name is " .. tostring(p.name) .. ", expected \"" .. name .. "\""
+      end
+      if type(p.priority) ~= "number" then return nil, path .. ": priority must be a number" end
+      local has_phase = false
+      for phase in pairs(PHASES) do
+        if p[phase] ~= nil then
+          if type(p[phase]) ~= "function" then return nil, path .. ": " .. phase .. " must be a function" end
+          has_phase = true
+        end
+      end
+      if not has_phase and not p.init_worker then
+        return nil, path .. ": defines no phase function"
+      end
+      p.schema = p.schema or { type = "record", fields = {} }
+      local ok_def, def_err = schema.check_def(p.schema)
+      if not ok_def then return nil, path .. ": invalid schema: " .. def_err end
+      loaded[name] = p
+      return p
+    end
+  end
+  return nil, "unknown plugin \"" .. name .. "\""
+end
+
+-- Validates `plugins:` maps of the config; returns name -> validated conf
+-- (false for a disabled plugin) and appends errors.
+local function check_plugins(map, path, dirs, errs)
+  local out = {}
+  if map == nil or map == _M.null then return out end
+  for name, pconf in pairs(map) do
+    local ppath = path .. "." .. name
+    if pconf == false then
+      out[name] = false
+    else
+      local p, err = load_plugin(name, dirs)
+      if not p then
+        errs[#errs + 1] = ppath .. ": " .. err
+      else
+        if pconf == _M.null then pconf = {} end
+        local conf, verrs = schema.validate(p.schema, pconf, ppath)
+        if not conf then
+          for _, e in ipairs(verrs) do errs[#errs + 1] = e end
+        else
+          out[name] = conf
+        end
+      end
+    end
+  end
+  return out
+end
+
+local function build_chain(enabled, order, rpath, errs)
+  local names, seen = {}, {}
+  if order ~= nil and order ~= _M.null then
+    for j, name in ipairs(order) do
+      local opath = rpath .. ".plugin_order[" .. (j - 1) .. "]"
+      if not enabled[name] then
+        errs[#errs + 1] = opath .. ": plugin \"" .. tostring(name) .. "\" is not enabled on this route"
+      elseif seen[name] then
+        errs[#errs + 1] = opath .. ": plugin \"" .. name .. "\" listed twice"
+      else
+        names[#names + 1] = name
+        seen[name] = true
+      end
+    end
+  end
+  local rest = {}
+  for name in pairs(enabled) do
+    if not seen[name] then rest[#rest + 1] = name end
+  end
+  sort(rest, function(a, b)
+    local pa, pb = loaded[a].priority, loaded[b].priority
+    if pa ~= pb then return pa > pb end
+    return a < b
+  end)
+  for _, name in ipairs(rest) do names[#names + 1] = name end
+
+  local chain, mask = {}, 0
+  for _, name in ipairs(names) do
+    local p = loaded[name]
+    for phase, id in pairs(PHASES) do
+      if p[phase] then
+        chain[id] = chain[id] or {}
+        local list = chain[id]
+        list[#list + 1] = { name = name, fn = p[phase], conf = enabled[name] }
+        mask = bit.bor(mask, bit.lshift(1, id))
+      end
+    end
+  end
+  return chain, mask
+end
+
+function _M.init(conf, conf_prefix, tg_prefix, check_only)
+  local errs = {}
+  local dirs = {}
+  local pp = conf.plugins_path
+  if type(pp) == "table" then
+    for _, d in ipairs(pp) do
+      if type(d) == "string" then
+        dirs[#dirs + 1] = d:sub(1, 1) == "/" and d or (conf_prefix .. "/" .. d)
+      end
+    end
+  end
+  dirs[#dirs + 1] = tg_prefix .. "/plugins"
+
+  local global = check_plugins(conf.plugins, "plugins", dirs, errs)
+  local routes = conf.routes
+  if type(routes) ~= "table" then routes = {} end
+  for i, route in ipairs(routes) do
+    local rpath = "routes[" .. (i - 1) .. "]"
+    local enabled = {}
+    for name, c in pairs(global) do
+      if c then enabled[name] = c end
+    end
+    local own = check_plugins(type(route) == "table" and route.plugins or nil, rpath .. ".plugins", dirs, errs)
+    for name, c in pairs(own) do
+      if c == false then enabled[name] = nil else enabled[name] = c end
+    end
+    chains[i], masks[i] = build_chain(enabled, type(route) == "table" and route.plugin_order or nil, rpath, errs)
+  end
+  if #errs > 0 then
+    sort(errs)
+    return nil, errs
+  end
+  return masks
+end
+
+function _M.route_phases(i)
+  return masks[i] or 0
+end
+
+function _M.init_worker()
+  local names = {}
+  for name in pairs(loaded) do names[#names + 1] = name end
+  sort(names)
+  for _, name in ipairs(names) do
+    local p = loaded[name]
+    if p.init_worker then
+      current.plugin = name
+      local ok, err = xpcall(p.init_worker, traceback)
+      if not ok then
+        local msg = "plugin \"" .. name .. "\" init_worker failed: " .. tostring(err)
+        C.tg_ffi_log(4, nil, msg, #msg)
+      end
+    end
+  end
+  current.plugin = nil
+end
+
+local function on_error(e)
+  if e == EXIT_MARKER then return e end
+  return traceback(tostring(e), 2)
+end
+
+local function log_failure(r, name, phase, err)
+  local msg = "plugin \"" .. name .. "\" failed in " .. PHASE_NAMES[phase] .. ": " .. tostring(err)
+  C.tg_ffi_log(4, r, msg, #msg)
+end
+
+local function run_phase(r, list, phase, ctx, chunk, eof)
+  for i = 1, #list do
+    local p = list[i]
+    current.plugin = p.name
+    local ok, res
+    if phase == BODY_FILTER then
+      ok, res = xpcall(p.fn, on_error, p.conf, ctx, chunk, eof)
+      if ok and res ~= nil then chunk = tostring(res) end
+    else
+      ok, res = xpcall(p.fn, on_error, p.conf, ctx)
+    end
+    if not ok then
+      current.plugin = nil
+      if res == EXIT_MARKER then
+        if phase == PHASES.rewrite or phase == PHASES.access then return EXIT end
+        log_failure(r, p.name, phase, "tg.response.exit() is not allowed in this phase")
+        return ERROR
+      end
+      log_failure(r, p.name, phase, res)
+      return ERROR
+    end
+  end
+  current.plugin = nil
+  return DONE, chunk
+end
+
+-- The request coroutine: one phase per resume, forever (C drops it when
+-- the request ends).
+function _M.request_main(r_ud, route_index, ctx, phase, a1, a2)
+  local r = ffi.cast("tg_request_t *", r_ud)
+  local chain = chains[route_index] or {}
+  while true do
+    current.r, current.ctx, current.phase = r, ctx, PHASE_NAMES[phase]
+    local code, out
+    local list = chain[phase]
+    if list then
+      code, out = run_phase(r, list, phase, ctx, a1, a2)
+    else
+      code, out = DONE, a1
+    end
+    current.r, current.ctx, current.phase = nil, nil, nil
+    phase, a1, a2 = co_yield(code, out)
+  end
+end
+
+-- Waits inside a PDK call: yields to C and restores the context after.
+function _M.wait()
+  local r, ctx, phase, plugin = current.r, current.ctx, current.phase, current.plugin
+  co_yield(WAIT)
+  current.r, current.ctx, current.phase, current.plugin = r, ctx, phase, plugin
+end
+
+function _M.add_timer(delay, fn, ...)
+  next_timer = next_timer + 1
+  local id = next_timer
+  timers[id] = { fn = fn, n = select("#", ...), ... }
+  if C.tg_ffi_timer_at(delay, id) ~= 0 then
+    timers[id] = nil
+    return nil, "cannot start timer"
+  end
+  return true
+end
+
+function _M.run_timer(id)
+  local t = timers[id]
+  timers[id] = nil
+  if not t then return end
+  current.r, current.ctx, current.phase, current.plugin = nil, nil, "timer", nil
+  local ok, err = xpcall(t.fn, traceback, false, unpack(t, 1, t.n))
+  if not ok then
+    local msg = "timer failed: " .. tostring(err)
+    C.tg_ffi_log(4, nil, msg, #msg)
+  end
+  current.phase = nil
+end
+
+return _M
