@@ -704,6 +704,12 @@ static void set_plugins(ck_t *ck, const char *path, tg_yaml_node_t *val, void *o
 }
 
 /* A list of non-empty strings, kept raw (plugins_path, plugin_order). */
+/* A sequence kept as a raw tree for the Lua runtime to check. */
+static void set_raw_seq(ck_t *ck, const char *path, tg_yaml_node_t *val, void *obj, const field_t *f) {
+    if (!want_seq(ck, path, val)) return;
+    *(tg_yaml_node_t **)((char *)obj + f->off) = val;
+}
+
 static void set_string_seq(ck_t *ck, const char *path, tg_yaml_node_t *val, void *obj, const field_t *f) {
     if (!want_seq(ck, path, val)) return;
     int ok = 1;
@@ -1355,6 +1361,8 @@ static const field_t root_fields[] = {
     { "routes",       set_routes, 0, 0, 0, F_NULL_OK, NULL, 0 },
     { "plugins",      set_plugins, offsetof(tg_conf_t, plugins), 0, 0, F_NULL_OK, NULL, 0 },
     { "plugins_path", set_string_seq, offsetof(tg_conf_t, plugins_path), 0, 0, F_NULL_OK, NULL, 0 },
+    /* Checked in detail by the Lua runtime (lua/tollgate/consumers.lua). */
+    { "consumers",    set_raw_seq, offsetof(tg_conf_t, consumers), 0, 0, F_NULL_OK, NULL, 0 },
 };
 
 static void conf_defaults(tg_conf_t *conf) {

@@ -184,6 +184,7 @@ typedef struct tg_conf_s {
     int                 nroutes;
     tg_yaml_node_t     *plugins;            /* global plugins map or NULL */
     tg_yaml_node_t     *plugins_path;       /* seq or NULL */
+    tg_yaml_node_t     *consumers;          /* seq or NULL (Lua runtime checks it) */
 
     struct tg_router_s *router;             /* built by the caller after a
                                                successful load (tg_router_build);

@@ -402,14 +402,22 @@ end
 
 function tg.worker_id() return C.tg_ffi_worker_slot() end
 
+-- The whole configuration as loaded (YAML as Lua tables; read it, never
+-- change it). Plugins build their indexes from it in init_worker.
+function tg.config() return runtime.config end
+
+-- Lazily loaded modules: tg.crypto, tg.redis(opts), tg.http.request{...}.
+local lazy = { crypto = "tollgate.crypto", redis = "tollgate.redis", http = "tollgate.http" }
+
 -- tg.ctx is the running request's ctx table; tg.crypto loads on first use.
 return setmetatable(tg, {
   __index = function(t, k)
     if k == "ctx" then return current.ctx end
-    if k == "crypto" then
-      local crypto = require "tollgate.crypto"
-      rawset(t, "crypto", crypto)
-      return crypto
+    local mod = lazy[k]
+    if mod then
+      local m = require(mod)
+      rawset(t, k, m)
+      return m
     end
     return nil
   end,

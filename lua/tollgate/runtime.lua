@@ -171,6 +171,16 @@ function _M.init(conf, conf_prefix, tg_prefix, check_only)
   end
   dirs[#dirs + 1] = tg_prefix .. "/plugins"
 
+  _M.config = conf
+  -- Sections the core keeps raw are checked by their Lua owners, each
+  -- adding "path: message" errors (e.g. consumers for the auth plugins).
+  for _, section in ipairs({ "consumers" }) do
+    local ok, mod = pcall(require, "tollgate." .. section)
+    if ok and type(mod) == "table" and mod.check then
+      mod.check(conf[section], section, errs)
+    end
+  end
+
   local global = check_plugins(conf.plugins, "plugins", dirs, errs)
   local routes = conf.routes
   if type(routes) ~= "table" then routes = {} end
