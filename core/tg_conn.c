@@ -300,6 +300,9 @@ static void conn_io_cb(struct ev_loop *loop, ev_io *io, int revents) {
                 return;
             }
             if (c->r) {
+                /* The send timer guards a stalled client only: it is
+                 * drained now (the request re-arms what it still waits for). */
+                tg_conn_set_timer(c, 0);
                 tg_request_client_writable(c->r);
                 return;   /* c may be gone */
             }

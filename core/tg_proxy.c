@@ -212,7 +212,7 @@ static size_t build_request_head(tg_request_t *r, char **out) {
      * client's address (the de-facto order proxies append in). */
     PUTS("X-Forwarded-For: ");
     for (int i = 0; i < nh; i++) {
-        if (!tg_str_caseeq_lit(hd[i].name, "x-forwarded-for")) continue;
+        if (!tg_str_caseeq_lit(hd[i].name, "x-forwarded-for") || hd[i].value.len == 0) continue;
         PUT(hd[i].value.p, hd[i].value.len);
         PUTS(", ");
     }
@@ -390,8 +390,9 @@ static void pump_up(tg_request_t *r) {
             }
         }
     }
-    /* Everything is sent. */
-    tg_conn_set_events(c, c->events & ~EV_READ);
+    /* Everything is sent. The client stays watched so that a client that
+     * goes away is noticed (tg_proxy_client_readable). */
+    tg_conn_set_events(c, c->events | EV_READ);
     tg_conn_set_timer(c, 0);
     r->proxy_state = PX_WAIT_RESP;
     up_events(uc, EV_READ);
@@ -406,9 +407,20 @@ void tg_proxy_client_readable(tg_request_t *r) {
     case PX_TUNNEL:
         tunnel_pump(r);
         break;
-    default:
-        /* Pipelined bytes while this request runs: leave them queued. */
-        tg_conn_set_events(r->conn, r->conn->events & ~EV_READ);
+    default: {
+        /* Readable while we wait for or stream the response: either the
+         * client went away (then the upstream work is abandoned, as nginx
+         * does) or it pipelined its next request (left queued). */
+        char c1;
+        ssize_t n = recv(r->conn->fd, &c1, 1, MSG_PEEK | MSG_DONTWAIT);
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+            tg_log_write(TG_LOG_INFO, r->request_id, "client %s closed the connection while waiting for the response",
+                         r->client_ip);
+            tg_conn_close(r->conn);
+            return;
+        }
+        if (n > 0) tg_conn_set_events(r->conn, r->conn->events & ~EV_READ);
+    }
     }
 }
 

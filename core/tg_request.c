@@ -526,6 +526,8 @@ void tg_request_client_readable(tg_request_t *r) {
 }
 
 void tg_request_client_writable(tg_request_t *r) {
+    if (!r->body_done && (r->conn->events & EV_READ))
+        tg_conn_set_timer(r->conn, r->worker->conf->limits.body_timeout_ms);
     if (r->phase == TG_PHASE_PROXY || r->proxy_state) tg_proxy_client_writable(r);
 }
 

@@ -650,8 +650,8 @@ for name, c in pairs(CURVES) do
   CURVE_BY_GROUP[c.group] = c
 end
 
-local key_mt = { __index = {} }
-key_mt.__index.__name = "tollgate.crypto key"
+-- Key objects are plain tables with this metatable; verify_* check it.
+local key_mt = {}
 key_mt.__tostring = function(k)
   return "tollgate.crypto key (" .. k.type .. ", " .. k.bits .. " bits"
          .. (k.curve and (", " .. k.curve) or "") .. ")"
