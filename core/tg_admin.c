@@ -5,6 +5,7 @@
  */
 #include "tg_admin.h"
 #include "tg_conn.h"
+#include "tg_lua.h"
 #include "tg_response.h"
 #include "tg_version.h"
 
@@ -47,6 +48,20 @@ static void status_json(tg_request_t *r) {
 
 void tg_admin_handle(tg_request_t *r) {
     int m = r->http->method;
+    int core_path = tg_str_eq_lit(r->path, "/health") || tg_str_eq_lit(r->path, "/status");
+    if (!core_path) {
+        /* Plugins may serve admin paths of their own (synchronously). */
+        const char *body;
+        size_t len;
+        tg_request_skip_buffered_body(r);
+        int status = tg_lua_admin(r, &body, &len);
+        if (status) {
+            tg_response_local(r, status, body, len);
+            return;
+        }
+        tg_request_finalize(r, 404);
+        return;
+    }
     if (m != HTTP_GET && m != HTTP_HEAD) {
         tg_request_finalize(r, 405);
         return;

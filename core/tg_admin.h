@@ -3,7 +3,8 @@
  *   GET /health  -> 200 {"status":"ok"}
  *   GET /status  -> 200 JSON: version, generation, config version, reloads,
  *                   per-worker and total counters (from tg_stats)
- * Anything else is 404 (unknown path) or 405 (other methods).
+ * Plugins may add paths (their `admin` table, see runtime.lua); anything
+ * else is 404, and other methods on the core paths 405.
  */
 #ifndef TG_ADMIN_H
 #define TG_ADMIN_H

@@ -494,3 +494,32 @@ int tg_ffi_req_read_body(tg_request_t *r) {
     r->body_read_wanted = 1;
     return 1;
 }
+
+/* ---- admin API extensions ---- */
+
+int tg_lua_admin(tg_request_t *r, const char **body, size_t *len) {
+    if (g_lua == NULL) return 0;
+    lua_State *L = g_lua->L;
+    int top = lua_gettop(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, g_lua->ref_runtime);
+    lua_getfield(L, -1, "admin");
+    lua_pushlstring(L, r->http->method_name.p, r->http->method_name.len);
+    lua_pushlstring(L, r->path.p, r->path.len);
+    if (r->http->query.p) lua_pushlstring(L, r->http->query.p, r->http->query.len);
+    else lua_pushliteral(L, "");
+    int status = 0;
+    if (lua_pcall(L, 3, 2, 0) != 0) {
+        tg_log_write(TG_LOG_ERR, r->request_id, "lua: admin handler failed: %s", lua_tostring(L, -1));
+        status = 500;
+        *body = "{\"error\":\"Internal Server Error\"}";
+        *len = strlen(*body);
+    } else if (lua_isnumber(L, -2)) {
+        status = (int)lua_tointeger(L, -2);
+        size_t n = 0;
+        const char *b = lua_tolstring(L, -1, &n);
+        *body = tg_pool_strndup(r->pool, b ? b : "", n);
+        *len = n;
+    }
+    lua_settop(L, top);
+    return status;
+}

@@ -64,6 +64,12 @@ int tg_lua_header_filter(tg_request_t *r);
 int tg_lua_body_filter(tg_request_t *r, const char *in, size_t len, int eof,
                        const char **out, size_t *outlen);
 
+/* Admin API paths served by plugins (a plugin's `admin` table, e.g.
+ * proxy-cache's purge). Runs synchronously in the worker's VM. Returns the
+ * status with *body / *len (in r's pool), or 0 when no plugin serves the
+ * path. */
+int tg_lua_admin(tg_request_t *r, const char **body, size_t *len);
+
 /* Releases r's coroutine and cancels a pending wait. */
 void tg_lua_request_free(tg_request_t *r);
 

@@ -207,3 +207,41 @@ int tg_ffi_worker_slot(void) {
     tg_worker_t *w = tg_lua_worker();
     return w ? w->slot : -1;
 }
+
+/* ---- upstream targets (circuit breakers, canaries) ---- */
+
+static tg_upstream_t *current_upstream(tg_request_t *r) {
+    if (r->upstream) return r->upstream;
+    if (r->route && r->route->upstream) return &r->worker->upstreams[r->route->upstream->index];
+    return NULL;
+}
+
+int tg_ffi_upstream_ntargets(tg_request_t *r) {
+    tg_upstream_t *u = current_upstream(r);
+    return u ? u->conf->ntargets : 0;
+}
+
+/* "host:port" of target i (0-based) of the current upstream, or NULL. */
+const char *tg_ffi_upstream_target_addr(tg_request_t *r, int i) {
+    tg_upstream_t *u = current_upstream(r);
+    if (u == NULL || i < 0 || i >= u->conf->ntargets) return NULL;
+    return u->conf->targets[i].addr.text;
+}
+
+/* Keeps target i out of this request's choices (before the balancer). */
+int tg_ffi_upstream_exclude_target(tg_request_t *r, int i) {
+    tg_upstream_t *u = current_upstream(r);
+    if (u == NULL || i < 0 || i >= u->conf->ntargets || i > 63) return -1;
+    r->tried |= 1ULL << i;
+    return 0;
+}
+
+int tg_ffi_upstream_nattempts(tg_request_t *r) { return r->nattempt_log; }
+
+/* Attempt i: its target index and status (upstream status, or 502/504 when
+ * the attempt failed). -1 when out of range. */
+int tg_ffi_upstream_attempt(tg_request_t *r, int i, int *target) {
+    if (i < 0 || i >= r->nattempt_log) return -1;
+    *target = r->attempt_log[i].target;
+    return r->attempt_log[i].status;
+}

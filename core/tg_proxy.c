@@ -121,6 +121,10 @@ static void attempt_failed(tg_request_t *r, int status, const char *what, int ki
     int idempotent = method_idempotent(r->http->method);
     int replayable = !r->has_body || r->body_override.p || (r->body_mem && r->body_done);
     if (r->upstream_status == 0) r->upstream_ms = (now_of(r) - r->upstream_start) * 1000.0;
+    if (r->nattempt_log < TG_REQUEST_MAX_ATTEMPT_LOG) {
+        r->attempt_log[r->nattempt_log].target = (int16_t)r->target;
+        r->attempt_log[r->nattempt_log++].status = (int16_t)status;
+    }
     release_upconn(r, 0);
     r->worker->my_stats->upstream_errors++;
 
@@ -578,6 +582,10 @@ static void read_response(tg_request_t *r) {
     b->start += resp->head_len;
     r->upstream_status = resp->status;
     r->upstream_ms = (now_of(r) - r->upstream_start) * 1000.0;
+    if (r->nattempt_log < TG_REQUEST_MAX_ATTEMPT_LOG) {
+        r->attempt_log[r->nattempt_log].target = (int16_t)r->target;
+        r->attempt_log[r->nattempt_log++].status = (int16_t)resp->status;
+    }
     tg_balancer_report(&r->upstream->balancer, r->target, 1, now_of(r));
     up_timer(uc, 0);
 

@@ -102,6 +102,11 @@ struct tg_request_s {
     unsigned            stale_replayed:1;/* replayed once after a stale pooled conn */
     unsigned            active_counted:1;/* counted in the target's `active` */
     int                 last_error;      /* status of the last failed attempt */
+    /* Each attempt's target and outcome (upstream status, or 502/504 for a
+     * failure), for plugins such as circuit-breaker (tg.upstream.get_attempts). */
+#define TG_REQUEST_MAX_ATTEMPT_LOG 8
+    struct { int16_t target; int16_t status; } attempt_log[TG_REQUEST_MAX_ATTEMPT_LOG];
+    int                 nattempt_log;
     int                 proxy_state;
 
     /* response to the client */

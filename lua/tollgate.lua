@@ -338,6 +338,40 @@ function tg.upstream.get_name()
   return p ~= nil and ffi_string(p) or nil
 end
 
+-- The targets of the upstream this request goes to: { {addr=, index=}, ... }
+-- (index is 1-based here, as everywhere in Lua).
+function tg.upstream.get_targets()
+  local r = req("tg.upstream.get_targets", ANY)
+  local t = {}
+  for i = 0, C.tg_ffi_upstream_ntargets(r) - 1 do
+    t[i + 1] = { index = i + 1, addr = ffi_string(C.tg_ffi_upstream_target_addr(r, i)) }
+  end
+  return t
+end
+
+-- Keeps target `index` (1-based) out of this request's choices; when every
+-- target is excluded the core answers 503.
+function tg.upstream.exclude_target(index)
+  local r = req("tg.upstream.exclude_target", REQ_EDIT)
+  if type(index) ~= "number" or C.tg_ffi_upstream_exclude_target(r, index - 1) ~= 0 then
+    error("tg.upstream.exclude_target: invalid target index", 2)
+  end
+end
+
+-- What each attempt of this request did: { {index=, addr=, status=}, ... };
+-- status is the upstream's, or 502 / 504 for a failed attempt. For log.
+function tg.upstream.get_attempts()
+  local r = req("tg.upstream.get_attempts", ANY)
+  local out = {}
+  for i = 0, C.tg_ffi_upstream_nattempts(r) - 1 do
+    local status = C.tg_ffi_upstream_attempt(r, i, int_out)
+    local idx = int_out[0]
+    local addr = C.tg_ffi_upstream_target_addr(r, idx)
+    out[i + 1] = { index = idx + 1, addr = addr ~= nil and ffi_string(addr) or nil, status = status }
+  end
+  return out
+end
+
 -- -------------------------------------------------------------------- log
 
 local LEVELS = { debug = 0, info = 1, notice = 2, warn = 3, err = 4, crit = 5 }

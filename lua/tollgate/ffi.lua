@@ -40,6 +40,12 @@ int tg_ffi_resp_header_set(tg_request_t *r, const char *name, size_t nlen,
                            const char *value, size_t vlen, int mode);
 int tg_ffi_resp_upstream_status(tg_request_t *r);
 
+int tg_ffi_upstream_ntargets(tg_request_t *r);
+const char *tg_ffi_upstream_target_addr(tg_request_t *r, int i);
+int tg_ffi_upstream_exclude_target(tg_request_t *r, int i);
+int tg_ffi_upstream_nattempts(tg_request_t *r);
+int tg_ffi_upstream_attempt(tg_request_t *r, int i, int *target);
+
 void tg_ffi_log(int level, tg_request_t *r, const char *msg, size_t len);
 double tg_ffi_now(void);
 int tg_ffi_worker_slot(void);

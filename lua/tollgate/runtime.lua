@@ -225,6 +225,34 @@ function _M.init_worker()
   current.plugin = nil
 end
 
+-- Admin API paths served by plugins: a plugin may export
+--   admin = { ["/proxy-cache/purge"] = function(method, path, query) return status, body end }
+-- (body: a table sent as JSON, or a string). The longest matching prefix
+-- (on a "/" boundary) wins. Runs synchronously: no yielding in handlers.
+function _M.admin(method, path, query)
+  local best, best_len
+  for _, p in pairs(loaded) do
+    if type(p.admin) == "table" then
+      for prefix, fn in pairs(p.admin) do
+        local n = #prefix
+        if (path == prefix or (path:sub(1, n) == prefix and path:sub(n + 1, n + 1) == "/"))
+           and (best_len == nil or n > best_len) then
+          best, best_len = fn, n
+        end
+      end
+    end
+  end
+  if not best then return nil end
+  local args = {}
+  for pair in query:gmatch("[^&]+") do
+    local k, v = pair:match("^([^=]*)=(.*)$")
+    if k then args[k] = v else args[pair] = true end
+  end
+  local status, body = best(method, path, args)
+  if type(body) == "table" then body = require("cjson").encode(body) end
+  return status or 200, body or ""
+end
+
 local function on_error(e)
   if e == EXIT_MARKER then return e end
   return traceback(tostring(e), 2)
