@@ -102,6 +102,31 @@ local repo_root do
 end
 
 --- helpers.repo_root() -> absolute path of the repository.
+-- Small file and shell utilities the specs share.
+_M.read_file = read_file       -- path -> contents | nil
+_M.write_file = write_file     -- path, text (raises on failure)
+_M.shell_quote = shell_quote   -- s -> 's' quoted for sh
+
+-- Parses the first HTTP response in raw bytes (from raw()/raw_conn()):
+-- { status, headers (lowercase names), body (everything after the head, so
+-- a second response makes `json` nil), json } or nil without a full head.
+function _M.parse_raw_response(data)
+  local head, body = (data or ""):match("^(.-)\r\n\r\n(.*)$")
+  if not head then
+    return nil
+  end
+  local headers = {}
+  for name, value in head:gmatch("\r\n([^:\r\n]+):[ \t]*([^\r\n]*)") do
+    headers[name:lower()] = value
+  end
+  return {
+    status = tonumber(head:match("^HTTP/1%.1 (%d%d%d) ")),
+    headers = headers,
+    body = body,
+    json = require("cjson.safe").decode(body),
+  }
+end
+
 function _M.repo_root()
   return repo_root
 end

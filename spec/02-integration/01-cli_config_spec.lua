@@ -10,25 +10,11 @@ local cjson = require "cjson.safe"
 
 local fmt = string.format
 
-local function sq(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
+local sq = helpers.shell_quote
 
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then
-    return nil
-  end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local read_file = helpers.read_file
 
-local function write_file(path, text)
-  local f = assert(io.open(path, "wb"))
-  f:write(text)
-  f:close()
-end
+local write_file = helpers.write_file
 
 -- Runs the tollgate binary with `args` (a shell-quoted string) under
 -- `timeout` so a gateway that wrongly starts cannot hang the spec. Returns

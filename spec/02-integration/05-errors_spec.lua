@@ -21,25 +21,7 @@ local cjson = require "cjson.safe"
 
 local gettime = socket.gettime
 
--- Parses the first response in raw bytes: status, lowercase headers, body
--- (everything after the head, so a second response would make the JSON
--- decode fail), json.
-local function parse(data)
-  local head, body = (data or ""):match("^(.-)\r\n\r\n(.*)$")
-  if not head then
-    return nil
-  end
-  local headers = {}
-  for name, value in head:gmatch("\r\n([^:\r\n]+):[ \t]*([^\r\n]*)") do
-    headers[name:lower()] = value
-  end
-  return {
-    status = tonumber(head:match("^HTTP/1%.1 (%d%d%d) ")),
-    headers = headers,
-    body = body,
-    json = cjson.decode(body),
-  }
-end
+local parse = helpers.parse_raw_response
 
 -- The error contract: status, JSON content type, {"error": reason}.
 local function assert_error(res, status, reason)

@@ -18,24 +18,7 @@
 local helpers = require "spec.helpers"
 local cjson = require "cjson.safe"
 
--- Parses the first response in raw bytes (see 05-errors_spec.lua); a second
--- response after it makes `json` nil.
-local function parse(data)
-  local head, body = (data or ""):match("^(.-)\r\n\r\n(.*)$")
-  if not head then
-    return nil
-  end
-  local headers = {}
-  for name, value in head:gmatch("\r\n([^:\r\n]+):[ \t]*([^\r\n]*)") do
-    headers[name:lower()] = value
-  end
-  return {
-    status = tonumber(head:match("^HTTP/1%.1 (%d%d%d) ")),
-    headers = headers,
-    body = body,
-    json = cjson.decode(body),
-  }
-end
+local parse = helpers.parse_raw_response
 
 local function count(s, needle)
   local n, i = 0, 1

@@ -9,15 +9,7 @@ local cjson = require "cjson.safe"
 
 local fmt = string.format
 
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then
-    return nil
-  end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local read_file = helpers.read_file
 
 -- The decoded access-log entries of gw (asserting each line is JSON).
 local function entries(gw)
