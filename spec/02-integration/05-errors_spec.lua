@@ -54,15 +54,25 @@ local function unexpected_errors(text, allowed)
 end
 
 -- Access-log entries (decoded) whose path starts with `prefix`.
-local function access_entries(gw, prefix)
-  local out = {}
-  for _, line in ipairs(gw.access_log()) do
-    local e = cjson.decode(line)
-    if e and type(e.path) == "string" and e.path:sub(1, #prefix) == prefix then
-      out[#out + 1] = e
+-- Access-log entries whose path starts with prefix. The log is flushed once
+-- per loop turn of the worker, which may come just after the client got its
+-- answer: with `want`, wait (bounded) until that many lines are there.
+local function access_entries(gw, prefix, want)
+  local out
+  local function collect()
+    out = {}
+    for _, line in ipairs(gw.access_log()) do
+      local e = cjson.decode(line)
+      if e and type(e.path) == "string" and e.path:sub(1, #prefix) == prefix then
+        out[#out + 1] = e
+      end
     end
+    return out
   end
-  return out
+  if want then
+    helpers.wait_until(function() return #collect() >= want end, 3)
+  end
+  return collect()
 end
 
 -- A listening socket that never accepts, with its accept queue filled: the
@@ -176,7 +186,7 @@ describe("error classes", function()
       assert.equal(200, res.status)
       assert.equal("/echo/after", res.json.path)
       conn:close()
-      local entries = access_entries(gw, "/refused/x")
+      local entries = access_entries(gw, "/refused/x", 1)
       assert.equal(1, #entries)
       assert.equal(502, entries[1].status)
       assert.equal("refused", entries[1].route)
@@ -639,7 +649,7 @@ describe("retries, passive health and balancing", function()
     end
     assert.equal(2, fails)           -- max_fails, then never tried again
     -- Every request was logged against the live target.
-    local entries = access_entries(gw, "/onedead/")
+    local entries = access_entries(gw, "/onedead/", 10)
     assert.equal(10, #entries)
     for _, e in ipairs(entries) do
       assert.equal(200, e.status)
