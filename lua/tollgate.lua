@@ -14,6 +14,7 @@ local ffi_new    = ffi.new
 local type       = type
 local tostring   = tostring
 local pairs      = pairs
+local ipairs     = ipairs
 local error      = error
 local concat     = table.concat
 local byte       = string.byte
@@ -215,17 +216,37 @@ function request.set_query(q)
   current.ctx.__upstream_query = nil
 end
 
--- Sets (or with nil removes) one argument of the query sent upstream.
-function request.set_query_arg(name, value)
-  local r = req("tg.request.set_query_arg", REQ_EDIT)
-  name = check_string("tg.request.set_query_arg", name, "name")
-  local ctx = current.ctx
+-- The decoded arguments of the query as it will go upstream (after the
+-- edits of earlier plugins). Do not modify the returned table.
+local function upstream_args(r, ctx)
   local args = ctx.__upstream_query
   if args == nil then
     local uri = str(C.tg_ffi_req_upstream_uri(r)) or ""
     args = parse_query(uri:match("%?(.*)$") or "")
+    ctx.__upstream_query = args
   end
-  if value ~= nil and value ~= true then value = check_string("tg.request.set_query_arg", value, "value") end
+  return args
+end
+
+function request.get_upstream_query()
+  local r = req("tg.request.get_upstream_query", ANY)
+  return upstream_args(r, current.ctx)
+end
+
+-- Sets (or with nil removes) one argument of the query sent upstream; a
+-- list of values sends the name once per value.
+function request.set_query_arg(name, value)
+  local r = req("tg.request.set_query_arg", REQ_EDIT)
+  name = check_string("tg.request.set_query_arg", name, "name")
+  local ctx = current.ctx
+  local args = upstream_args(r, ctx)
+  if type(value) == "table" then
+    local list = {}
+    for i, v in ipairs(value) do list[i] = check_string("tg.request.set_query_arg", v, "value") end
+    value = list
+  elseif value ~= nil and value ~= true then
+    value = check_string("tg.request.set_query_arg", value, "value")
+  end
   args[name] = value
   local q = encode_query(args)
   local rc = q == "" and C.tg_ffi_req_set_query(r, nil, 0) or C.tg_ffi_req_set_query(r, q, #q)
