@@ -229,11 +229,21 @@ static size_t build_request_head(tg_request_t *r, char **out) {
         PUT(h->host.p, h->host.len);
         PUTS("\r\n");
     }
-    p += sprintf(p, "X-Forwarded-Port: %u\r\n", (unsigned)r->local_port);
+    PUTS("X-Forwarded-Port: ");
+    p = tg_fmt_uint(p, r->local_port);
+    PUTS("\r\n");
     if (r->body_override.p || (r->body_mem && r->body_done))
-        p += sprintf(p, "Content-Length: %zu\r\n", tg_request_body(r).len);
+    {
+        PUTS("Content-Length: ");
+        p = tg_fmt_uint(p, tg_request_body(r).len);
+        PUTS("\r\n");
+    }
     else if (h->chunked) PUTS("Transfer-Encoding: chunked\r\n");
-    else if (h->content_length >= 0) p += sprintf(p, "Content-Length: %lld\r\n", (long long)h->content_length);
+    else if (h->content_length >= 0) {
+        PUTS("Content-Length: ");
+        p = tg_fmt_uint(p, (uint64_t)h->content_length);
+        PUTS("\r\n");
+    }
     if (h->upgrade) {
         tg_str_t up = tg_request_header(r, "upgrade", 7);
         PUTS("Connection: upgrade\r\nUpgrade: ");
@@ -548,7 +558,13 @@ static void read_response(tg_request_t *r) {
     }
     r->resp_started = 1;
     tg_buf_t *b = uc->buf;
-    if (r->resp == NULL) r->resp = tg_pool_calloc(r->pool, sizeof(tg_http_response_t));
+    if (r->resp == NULL) {
+        /* Not calloc: the 4 KiB header array is written by the parser. */
+        r->resp = tg_pool_alloc(r->pool, sizeof(tg_http_response_t));
+        memset(r->resp, 0, offsetof(tg_http_response_t, headers));
+        r->resp->nheaders = 0;
+        r->resp->head_len = 0;
+    }
     for (;;) {
         int rc = tg_http_parse_response(&r->resp_scan, b->data + b->start, tg_buf_len(b),
                                         b->size - 1, r->resp);

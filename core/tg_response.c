@@ -102,9 +102,15 @@ int tg_response_send_head(tg_request_t *r) {
     int upstream_reason = r->resp && r->upstream_status && r->status == r->upstream_status;
     if (upstream_reason) cap += r->resp->reason.len;
     char *buf = tg_pool_alloc(r->pool, cap), *p = buf;
-    p += sprintf(p, "HTTP/1.1 %d ", r->status);
-    if (upstream_reason && r->resp->reason.len) PUT(r->resp->reason.p, r->resp->reason.len);
-    else p += sprintf(p, "%s", tg_http_status_text(r->status));
+    PUTS("HTTP/1.1 ");
+    p = tg_fmt_uint(p, (uint64_t)r->status);
+    PUTS(" ");
+    if (upstream_reason && r->resp->reason.len) {
+        PUT(r->resp->reason.p, r->resp->reason.len);
+    } else {
+        const char *reason = tg_http_status_text(r->status);
+        PUT(reason, strlen(reason));
+    }
     PUTS("\r\n");
     if (r->local_response) {
         const char *d = tg_worker_date(r->worker);
@@ -120,7 +126,11 @@ int tg_response_send_head(tg_request_t *r) {
         PUTS("\r\n");
     }
     if (r->frame == TG_FRAME_LENGTH || (r->frame == TG_FRAME_NONE && r->resp_content_length >= 0))
-        p += sprintf(p, "Content-Length: %lld\r\n", (long long)tg_max(r->resp_content_length, 0));
+    {
+        PUTS("Content-Length: ");
+        p = tg_fmt_uint(p, (uint64_t)tg_max(r->resp_content_length, 0));
+        PUTS("\r\n");
+    }
     else if (r->frame == TG_FRAME_CHUNKED)
         PUTS("Transfer-Encoding: chunked\r\n");
     if (c->close_after) PUTS("Connection: close\r\n");

@@ -5,9 +5,11 @@
  */
 #include "tg_worker.h"
 #include "tg_conn.h"
+#include "tg_httpc.h"
 #include "tg_log.h"
 #include "tg_lua.h"
 #include "tg_pool.h"
+#include "tg_redis.h"
 #include "tg_upstream.h"
 
 #include <signal.h>
@@ -132,6 +134,7 @@ int tg_worker_run(tg_conf_t *conf, int slot, unsigned generation,
     w->upstreams = tg_xcalloc((size_t)(conf->nupstreams ? conf->nupstreams : 1), sizeof(tg_upstream_t));
     for (int i = 0; i < conf->nupstreams; i++) tg_upstream_init(&w->upstreams[i], w, &conf->upstreams[i]);
 
+    w->httpc = tg_httpc_new(w);   /* before the VM: timers may call out */
     /* Plugins enforce policy (auth, limits): without them the worker must
      * not serve, so a VM that fails to start stops the worker (fail closed;
      * the master restarts it with a back-off). */
@@ -140,6 +143,8 @@ int tg_worker_run(tg_conf_t *conf, int slot, unsigned generation,
         tg_log_crit("cannot start the Lua runtime; exiting");
         return 1;
     }
+    /* Connects lazily, at the first tg.redis command. */
+    w->redis = tg_redis_new(w);
 
     w->nlisteners = conf->nlistens + (admin_fd >= 0 ? 1 : 0);
     w->listeners = tg_xcalloc((size_t)w->nlisteners, sizeof(tg_listener_t));
@@ -185,6 +190,11 @@ int tg_worker_run(tg_conf_t *conf, int slot, unsigned generation,
     for (int i = 0; i < w->nupstreams; i++) tg_upstream_free(&w->upstreams[i]);
     tg_lua_free(w->lua);
     w->lua = NULL;
+    /* After the VM: operations still pending complete without resuming. */
+    tg_redis_free(w->redis);
+    w->redis = NULL;
+    tg_httpc_free(w->httpc);   /* after the VM: pending callouts resume nothing */
+    w->httpc = NULL;
     tg_access_log_close();
     tg_log_info("exiting");
     return 0;

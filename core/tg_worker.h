@@ -55,6 +55,8 @@ struct tg_worker_s {
     int                 nupstreams;
 
     struct tg_lua_s    *lua;          /* the worker's Lua VM */
+    struct tg_redis_s  *redis;        /* tg.redis connections (tg_redis.h) */
+    struct tg_httpc_s  *httpc;        /* outgoing HTTP client (tg.http) */
     tg_buf_list_t       bufs;         /* read buffers */
     tg_link_t           conns;        /* all client connections */
     int                 nconns;
