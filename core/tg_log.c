@@ -94,8 +94,15 @@ void tg_log_vwrite(int level, const char *request_id, const char *fmt, va_list a
     size_t n = format_time(line, sizeof(line));
     n += (size_t)snprintf(line + n, sizeof(line) - n, " [%s] %s[%d]: ",
                           tg_log_level_name(level), tg_logs.role, (int)getpid());
-    if (request_id && *request_id && n < sizeof(line))
-        n += (size_t)snprintf(line + n, sizeof(line) - n, "request_id=\"%s\" ", request_id);
+    if (request_id && *request_id && n + 16 < sizeof(line)) {
+        /* Escaped like a JSON string: a plugin-set id must not be able to
+         * forge fields of the line. */
+        memcpy(line + n, "request_id=\"", 12);
+        n += 12;
+        tg_json_escape(line, sizeof(line) / 2, &n, request_id, strlen(request_id));
+        memcpy(line + n, "\" ", 2);
+        n += 2;
+    }
     if (n < sizeof(line)) {
         int m = vsnprintf(line + n, sizeof(line) - n, fmt, ap);
         if (m > 0) n += (size_t)m;

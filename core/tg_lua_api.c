@@ -245,3 +245,9 @@ int tg_ffi_upstream_attempt(tg_request_t *r, int i, int *target) {
     *target = r->attempt_log[i].target;
     return r->attempt_log[i].status;
 }
+
+/* Every body_filter plugin of this request declined to touch the body (in
+ * header_filter): the core skips body_filter and keeps the framing. */
+void tg_ffi_resp_skip_body_filter(tg_request_t *r) {
+    r->lua_phases &= ~TG_LUA_BIT(TG_PHASE_BODY_FILTER);
+}

@@ -68,6 +68,10 @@
 /* A blocking command re-checks this often whether its waiter went away, so
  * a client that leaves gives its pool connection back within a second. */
 #define TG_REDIS_CANCEL_POLL    1.0
+/* Redis notices a blocking command's own timeout on its clock (serverCron
+ * runs at hz 10 by default: up to ~100 ms late), so the wait for one is its
+ * block time plus at least this, not plus the bare per-call timeout. */
+#define TG_REDIS_BLOCK_SLACK_MS 500.0
 /* Idle pool connections are closed after this; swept at this interval. */
 #define TG_REDIS_IDLE_TIMEOUT   60.0
 #define TG_REDIS_SWEEP_INTERVAL 10.0
@@ -629,7 +633,11 @@ tg_redis_result_t *tg_ffi_redis_send(int ncmds, const int *argc, const char **ar
 
     conn_t *cn;
     if (blocking) {
-        if (red->shared.failures > 0) {   /* Redis is known to be down */
+        /* The shared connection tracks whether Redis is up (and backs off
+         * when it is not), so a blocking command dials it too. */
+        conn_t *sh = &red->shared;
+        if (sh->state == CONN_IDLE && sh->failures == 0) conn_connect(sh);
+        if (sh->failures > 0) {
             *rc = TG_REDIS_E_UNAVAILABLE;
             return NULL;
         }
@@ -683,9 +691,10 @@ tg_redis_result_t *tg_ffi_redis_send(int ncmds, const int *argc, const char **ar
     if (op->send_failed) {
         first = 0.;
     } else if (blocking) {
-        op->deadline = block_ms < 0 ? 0 : ev_now(red->loop) + (block_ms + timeout_ms) / 1000.0;
+        ev_tstamp wait = (block_ms + tg_max(timeout_ms, TG_REDIS_BLOCK_SLACK_MS)) / 1000.0;
+        op->deadline = block_ms < 0 ? 0 : ev_now(red->loop) + wait;
         first = TG_REDIS_CANCEL_POLL;
-        if (op->deadline && (block_ms + timeout_ms) / 1000.0 < first) first = (block_ms + timeout_ms) / 1000.0;
+        if (op->deadline && wait < first) first = wait;
     } else {
         first = timeout_ms / 1000.0;
     }

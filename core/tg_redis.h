@@ -71,8 +71,9 @@ void tg_redis_free(tg_redis_t *red);
 /* Starts ncmds commands as one operation: command i has argc[i] arguments,
  * taken in order from argv/lens (copied before returning). blocking: the
  * commands may block in Redis (one command; a dedicated connection);
- * block_ms is how long it may block (< 0: forever) and is added to
- * timeout_ms (<= 0: the config's redis.timeout_ms). On success registers the
+ * block_ms is how long it may block (< 0: forever), and the wait ends after
+ * block_ms + max(timeout_ms, 500 ms). timeout_ms <= 0: the config's
+ * redis.timeout_ms. On success registers the
  * running coroutine (tg_lua_wait_begin) and returns the result the Lua side
  * reads after it is resumed; it then must call tg_ffi_redis_done(). On
  * failure returns NULL with *rc = TG_REDIS_E_*. */

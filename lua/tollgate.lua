@@ -311,6 +311,21 @@ function response.get_headers(max)
   return headers_table(h, int_out[0], max)
 end
 
+-- Called in header_filter by a plugin with a body_filter that will leave
+-- this response's body untouched. When all body_filter plugins of the route
+-- say so, the core skips body_filter and keeps the response's framing
+-- (Content-Length) instead of re-chunking it.
+function response.skip_body_filter()
+  req("tg.response.skip_body_filter", { header_filter = true })
+  local ctx = current.ctx
+  local skip = ctx.__skip_body_filter
+  if not skip then
+    skip = {}
+    ctx.__skip_body_filter = skip
+  end
+  skip[current.plugin or "?"] = true
+end
+
 function response.get_upstream_status()
   local s = C.tg_ffi_resp_upstream_status(req("tg.response.get_upstream_status", ANY))
   return s ~= 0 and s or nil

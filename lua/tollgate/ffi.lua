@@ -39,6 +39,7 @@ const tg_http_header_t *tg_ffi_resp_header(tg_request_t *r, const char *name, si
 int tg_ffi_resp_header_set(tg_request_t *r, const char *name, size_t nlen,
                            const char *value, size_t vlen, int mode);
 int tg_ffi_resp_upstream_status(tg_request_t *r);
+void tg_ffi_resp_skip_body_filter(tg_request_t *r);
 
 int tg_ffi_upstream_ntargets(tg_request_t *r);
 const char *tg_ffi_upstream_target_addr(tg_request_t *r, int i);

@@ -289,6 +289,19 @@ local function run_phase(r, list, phase, ctx, chunk, eof)
   return DONE, chunk
 end
 
+-- After header_filter: when every body_filter plugin of the chain said
+-- (tg.response.skip_body_filter) that it leaves this response's body alone,
+-- the core does not run body_filter and keeps the upstream's framing.
+local function maybe_skip_body_filter(r, chain, ctx)
+  local skip = ctx.__skip_body_filter
+  local list = chain[BODY_FILTER]
+  if not skip or not list then return end
+  for i = 1, #list do
+    if not skip[list[i].name] then return end
+  end
+  C.tg_ffi_resp_skip_body_filter(r)
+end
+
 -- The request coroutine: one phase per resume, forever (C drops it when
 -- the request ends).
 function _M.request_main(r_ud, route_index, ctx, phase, a1, a2)
@@ -300,6 +313,7 @@ function _M.request_main(r_ud, route_index, ctx, phase, a1, a2)
     local list = chain[phase]
     if list then
       code, out = run_phase(r, list, phase, ctx, a1, a2)
+      if phase == PHASES.header_filter then maybe_skip_body_filter(r, chain, ctx) end
     else
       code, out = DONE, a1
     end
