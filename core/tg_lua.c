@@ -285,13 +285,17 @@ static int code_to_rc(int code) {
  * should be resumed again right away. */
 static int start_deferred(tg_request_t *r) {
     if (r->body_read_wanted) {
+        /* Not wanted while we read synchronously: the pump must not wake
+         * (resume) the coroutine from inside this call. */
+        r->body_read_wanted = 0;
         int rc = tg_request_read_body(r);
         if (rc == TG_OK) {
-            r->body_read_wanted = 0;
             cancel_wait(r);
             return 1;
         }
-        /* TG_AGAIN: the pump wakes us; TG_ERROR: the request is finalized. */
+        /* TG_AGAIN: the pump wakes us when the body is complete;
+         * TG_ERROR: the request is finalized. */
+        if (rc == TG_AGAIN) r->body_read_wanted = 1;
     }
     return 0;
 }
@@ -339,10 +343,16 @@ static int run(tg_request_t *r, tg_phase_e phase, int may_yield) {
     return code;
 }
 
-int tg_lua_run_phase(tg_request_t *r, tg_phase_e phase) {
-    int code = run(r, phase, 1);
-    if (r->lua_co) lua_settop((lua_State *)r->lua_co, 0);
+/* tg.response.exit() yields TG_LUA_EXIT from inside the plugin: that
+ * coroutine must never be resumed again; later phases get a fresh one. */
+static int finish_code(tg_request_t *r, int code) {
+    if (code == TG_LUA_EXIT) drop_coroutine(r);
+    else if (r->lua_co) lua_settop((lua_State *)r->lua_co, 0);
     return code_to_rc(code);
+}
+
+int tg_lua_run_phase(tg_request_t *r, tg_phase_e phase) {
+    return finish_code(r, run(r, phase, 1));
 }
 
 int tg_lua_header_filter(tg_request_t *r) {
@@ -428,14 +438,15 @@ void tg_lua_wake(tg_lua_wait_t *wt) {
         lua_settop(co, 0);
         code = resume(r, NULL, co, 0, 1);
     }
-    if (r->lua_co) lua_settop((lua_State *)r->lua_co, 0);
-    tg_request_lua_resumed(r, code_to_rc(code));
+    tg_request_lua_resumed(r, finish_code(r, code));
 }
 
 /* ---- timers (tg.timer.at / every, tg.sleep) ---- */
 
 static void timer_fire_cb(struct ev_loop *loop, ev_timer *t, int revents) {
     tg_lua_timer_t *tm = (tg_lua_timer_t *)t;
+    /* Undo the ev_unref of tg_ffi_timer_at: the one-shot timer has stopped. */
+    ev_ref(loop);
     if (g_lua == NULL) {
         free(tm);
         return;

@@ -531,8 +531,10 @@ static void send_response_head(tg_request_t *r) {
         }
         l->h[l->n++] = resp->headers[i];
     }
-    for (int i = 0; i < pre.n; i++)
-        tg_hdr_list_edit(r->pool, l, TG_HDR_SET, pre.h[i].name.p, pre.h[i].name.len,
+    for (int i = 0; i < pre.n; i++)   /* a plugin's header replaces the upstream's */
+        tg_hdr_list_edit(r->pool, l, TG_HDR_CLEAR, pre.h[i].name.p, pre.h[i].name.len, NULL, 0);
+    for (int i = 0; i < pre.n; i++)   /* ... keeping every value the plugin added */
+        tg_hdr_list_edit(r->pool, l, TG_HDR_ADD, pre.h[i].name.p, pre.h[i].name.len,
                          pre.h[i].value.p, pre.h[i].value.len);
     r->status = resp->status;
     r->proxy_state = PX_RESP_BODY;

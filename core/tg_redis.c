@@ -96,6 +96,7 @@ typedef struct {
     int                pending;       /* command replies due on ac */
     int                abandoned;     /* of which the operation timed out */
     int                failures;      /* shared: consecutive failed connects */
+    unsigned           flush_wanted:1;/* commands queued, written before the poll */
     ev_tstamp          backoff;       /* shared: the current retry delay */
     ev_tstamp          idle_since;    /* dedicated, idle */
     ev_timer           timer;         /* connect timeout; shared: retries */
@@ -131,6 +132,8 @@ struct tg_redis_s {
     tg_link_t              busy;
     int                    ndedicated; /* idle + busy */
     ev_timer               sweep;
+    ev_prepare             flush;      /* writes queued commands before the poll */
+    unsigned               in_flush:1;
     tg_redis_op_t         *free_ops;
     int                    nfree_ops;
     unsigned               closing:1;
@@ -263,6 +266,50 @@ static void op_finish(tg_redis_op_t *op, int status) {
 }
 
 /* ------------------------------------------------------------------ */
+/* output                                                              */
+
+/* hiredis asks for writability after every command it queues. Arming the
+ * write watcher for that costs an epoll_ctl pair and a poll round per
+ * command; instead a ready connection is only marked, and flush_cb writes
+ * everything marked once per loop turn, right before the poll (commands of
+ * all requests of that turn go out in one write). While flushing, or when
+ * the socket is full or still connecting, the real watcher is used. */
+static void hook_add_write(void *privdata) {
+    redisLibevEvents *e = privdata;
+    conn_t *cn = e->context->data;
+    if (cn == NULL || cn->state != CONN_READY || cn->red->in_flush) {
+        redisLibevAddWrite(privdata);
+        return;
+    }
+    cn->flush_wanted = 1;
+    if (!ev_is_active(&cn->red->flush)) ev_prepare_start(cn->red->loop, &cn->red->flush);
+}
+
+static void flush_conn(conn_t *cn) {
+    if (!cn->flush_wanted) return;
+    cn->flush_wanted = 0;
+    /* May tear the context down on a write error (its callbacks run). */
+    if (cn->ac && cn->state == CONN_READY) redisAsyncHandleWrite(cn->ac);
+}
+
+static void flush_cb(struct ev_loop *loop, ev_prepare *p, int revents) {
+    tg_redis_t *red = container_of(p, tg_redis_t, flush);
+    ev_prepare_stop(loop, p);
+    red->in_flush = 1;
+    flush_conn(&red->shared);
+    /* Only the connection being flushed can go away meanwhile (Lua woken
+     * by its failure may only queue commands, which then use the real
+     * watcher), so the saved next pointer stays valid. */
+    tg_link_t *l = red->busy.next;
+    while (l != &red->busy) {
+        tg_link_t *next = l->next;
+        flush_conn(tg_link_data(l, conn_t, link));
+        l = next;
+    }
+    red->in_flush = 0;
+}
+
+/* ------------------------------------------------------------------ */
 /* connections                                                         */
 
 static void conn_init(conn_t *cn, tg_redis_t *red, int dedicated);
@@ -275,6 +322,7 @@ static redisAsyncContext *conn_detach(conn_t *cn) {
     if (ac) ac->data = NULL;
     cn->ac = NULL;
     cn->state = CONN_IDLE;
+    cn->flush_wanted = 0;
     cn->pending = cn->abandoned = cn->handshake_left = 0;
     ev_timer_stop(cn->red->loop, &cn->timer);
     return ac;
@@ -416,6 +464,7 @@ static int conn_connect(conn_t *cn) {
     }
     ac->data = cn;
     redisLibevAttach(red->loop, ac);
+    ac->ev.addWrite = hook_add_write;
     redisAsyncSetConnectCallback(ac, connect_cb);
     redisAsyncSetDisconnectCallback(ac, disconnect_cb);
     cn->ac = ac;
@@ -571,13 +620,14 @@ static void op_timer_cb(struct ev_loop *loop, ev_timer *t, int revents) {
     } else {
         conn_t *sh = &red->shared;
         if (sh->ac && op->gen == sh->gen) sh->abandoned += op->due;
-        op_finish(op, status);
+        op_set(op, status);
         if (sh->ac && sh->abandoned > TG_REDIS_MAX_ABANDONED) {
             tg_log_warn("redis %s: %d timed-out commands still unanswered; reconnecting",
                         red->addr, sh->abandoned);
             redisAsyncContext *ac = conn_detach(sh);
-            redisAsyncFree(ac);
+            redisAsyncFree(ac);   /* other waiters on it: "connection lost" */
         }
+        op_wake(op);
     }
     op_unref(op);
 }
@@ -593,6 +643,7 @@ tg_redis_t *tg_redis_new(tg_worker_t *w) {
     tg_link_init(&red->idle);
     tg_link_init(&red->busy);
     ev_timer_init(&red->sweep, sweep_cb, TG_REDIS_SWEEP_INTERVAL, TG_REDIS_SWEEP_INTERVAL);
+    ev_prepare_init(&red->flush, flush_cb);
     const char *host = red->conf->host ? red->conf->host : "127.0.0.1";
     snprintf(red->addr, sizeof(red->addr), strchr(host, ':') ? "[%s]:%d" : "%s:%d",
              host, red->conf->port);
@@ -603,6 +654,7 @@ void tg_redis_free(tg_redis_t *red) {
     if (red == NULL) return;
     red->closing = 1;
     ev_timer_stop(red->loop, &red->sweep);
+    ev_prepare_stop(red->loop, &red->flush);
     redisAsyncContext *ac = conn_detach(&red->shared);
     if (ac) redisAsyncFree(ac);
     while (!tg_link_empty(&red->idle)) dedicated_close(tg_link_data(red->idle.next, conn_t, link));

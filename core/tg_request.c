@@ -20,6 +20,7 @@
 #include <http_parser.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/socket.h>
 #include <sys/uio.h>
 #include <time.h>
 
@@ -487,8 +488,11 @@ static int mem_sink(tg_request_t *r, const char *data, size_t len, int last) {
         if (r->lua_wait) tg_lua_wake(r->lua_wait);
         return TG_ERROR;   /* stop the pump: the request moved on */
     }
-    tg_response_echo(r);
-    return TG_ERROR;
+    if (r->body_for_echo) {
+        tg_response_echo(r);
+        return TG_ERROR;
+    }
+    return TG_OK;          /* read synchronously: the caller carries on */
 }
 
 tg_str_t tg_request_body(const tg_request_t *r) {
@@ -516,12 +520,19 @@ void tg_request_client_readable(tg_request_t *r) {
         tg_proxy_client_readable(r);
         return;
     }
-    if (!r->body_done && (r->body_read_wanted || r->phase == TG_PHASE_HEADER_FILTER)) {
+    if (!r->body_done && (r->body_read_wanted || r->body_for_echo)) {
         tg_request_body_pump(r, mem_sink);
         return;
     }
-    /* Bytes of a pipelined request arrived while this one runs: leave them
-     * in the socket until this response is out. */
+    /* Either the client went away (a request waiting in Lua is then
+     * abandoned) or it pipelined its next request (left in the socket until
+     * this response is out). */
+    char c1;
+    ssize_t n = recv(r->conn->fd, &c1, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+        tg_conn_close(r->conn);
+        return;
+    }
     tg_conn_set_events(r->conn, r->conn->events & ~EV_READ);
 }
 

@@ -124,6 +124,7 @@ struct tg_request_s {
     tg_hdr_list_t      *req_hdrs;      /* the headers going upstream */
     tg_str_t            body_override; /* set_body(); p != NULL when set */
     unsigned            body_read_wanted:1; /* a plugin waits for the whole body */
+    unsigned            body_for_echo:1;    /* the echo response waits for it */
 
     /* the response as it will be sent: status + headers without framing
      * (Content-Length / Transfer-Encoding / Connection are the core's) */

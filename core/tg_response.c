@@ -233,6 +233,7 @@ void tg_response_static(tg_request_t *r, const tg_conf_response_t *resp) {
 #define OUT_STR(p, l) do { out[pos++] = '"'; tg_json_escape(out, cap - 2, &pos, (p), (l)); out[pos++] = '"'; } while (0)
 
 void tg_response_echo(tg_request_t *r) {
+    r->body_for_echo = 1;
     int rc = tg_request_read_body(r);
     if (rc != TG_OK) return;   /* the body pump calls us again when complete */
     tg_http_request_t *h = r->http;

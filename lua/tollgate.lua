@@ -34,11 +34,11 @@ local ANY        = { rewrite = true, access = true, header_filter = true, body_f
 local REQ_EDIT   = { rewrite = true, access = true }
 local RESP_EDIT  = { rewrite = true, access = true, header_filter = true }
 
-local function req(fname, allowed)
+local function req(fname, allowed, level)
   local r = current.r
-  if r == nil then error(fname .. ": no request in this context", 3) end
+  if r == nil then error(fname .. ": no request in this context", level or 3) end
   if allowed and not allowed[current.phase] then
-    error(fname .. ": not available in phase " .. tostring(current.phase), 3)
+    error(fname .. ": not available in phase " .. tostring(current.phase), level or 3)
   end
   return r
 end
@@ -48,9 +48,11 @@ local function str(s)
   return ffi_string(s.p, s.len)
 end
 
-local function check_string(fname, v, what)
+-- level: where the error points (default: the caller of the PDK function
+-- that called check_string).
+local function check_string(fname, v, what, level)
   if type(v) == "number" then return tostring(v) end
-  if type(v) ~= "string" then error(fname .. ": " .. what .. " must be a string", 3) end
+  if type(v) ~= "string" then error(fname .. ": " .. what .. " must be a string", level or 3) end
   return v
 end
 
@@ -164,10 +166,10 @@ function request.get_body()
 end
 
 local function edit_header(fname, mode, name, value)
-  local r = req(fname, REQ_EDIT)
-  name = check_string(fname, name, "name")
+  local r = req(fname, REQ_EDIT, 4)
+  name = check_string(fname, name, "name", 4)
   if mode ~= HDR_CLEAR then
-    value = check_string(fname, value, "value")
+    value = check_string(fname, value, "value", 4)
   else
     value = ""
   end
@@ -276,9 +278,9 @@ end
 local response = tg.response
 
 local function resp_edit(fname, mode, name, value)
-  local r = req(fname, RESP_EDIT)
-  name = check_string(fname, name, "name")
-  if mode ~= HDR_CLEAR then value = check_string(fname, value, "value") else value = "" end
+  local r = req(fname, RESP_EDIT, 4)
+  name = check_string(fname, name, "name", 4)
+  if mode ~= HDR_CLEAR then value = check_string(fname, value, "value", 4) else value = "" end
   local rc = C.tg_ffi_resp_header_set(r, name, #name, value, #value, mode)
   if rc == -1 then error(fname .. ": invalid header name or value", 3) end
   if rc == -2 then error(fname .. ": " .. name .. " is set by the core", 3) end
@@ -355,7 +357,11 @@ function response.exit(status, body, headers)
     end
   end
   C.tg_ffi_resp_exit(r, status, body, #body)
-  error(runtime.EXIT_MARKER, 0)
+  -- Yield straight to the core, through any pcall() of the plugin's: the
+  -- plugin never resumes (a swallowed exit must never let a request
+  -- through). Later phases run in a fresh coroutine with the same ctx.
+  coroutine.yield(runtime.codes.EXIT)
+  error("tg.response.exit: resumed after exit", 2)   -- cannot happen
 end
 
 -- --------------------------------------------------------------- upstream

@@ -160,6 +160,7 @@ end
 
 function _M.init(conf, conf_prefix, tg_prefix, check_only)
   local errs = {}
+  _M.conf_prefix = conf_prefix   -- relative paths in plugin configs
   local dirs = {}
   local pp = conf.plugins_path
   if type(pp) == "table" then
