@@ -273,7 +273,10 @@ static void op_finish(tg_redis_op_t *op, int status) {
  * command; instead a ready connection is only marked, and flush_cb writes
  * everything marked once per loop turn, right before the poll (commands of
  * all requests of that turn go out in one write). While flushing, or when
- * the socket is full or still connecting, the real watcher is used. */
+ * the socket is full or still connecting, the real watcher is used.
+ * Measured: ~20% less worker CPU per sequential round trip. This relies on
+ * no other prepare watcher resuming Lua (a command queued after flush_cb ran
+ * in this turn would wait for the next poll); none does. */
 static void hook_add_write(void *privdata) {
     redisLibevEvents *e = privdata;
     conn_t *cn = e->context->data;
