@@ -297,18 +297,39 @@ describe("the shipped conf/tollgate.yaml", function()
     assert.equal("demo-users-service", res.json.route)
     assert.equal("localhost", res.json.headers.host)
     assert.equal("127.0.0.1", res.json.headers["x-forwarded-for"])
+    -- its plugins: the global request-id and a local rate limit
+    assert.equal("100", res.headers["x-ratelimit-limit"])
+    assert.matches("^%x+%-%x+%-4%x+%-%x+%-%x+$", res.headers["x-request-id"])
+    assert.equal(res.headers["x-request-id"], res.json.headers["x-request-id"])
   end)
 
-  it("routes /api/v1/orders to the orders service", function()
+  it("routes /api/v1/orders to the orders service behind jwt-auth", function()
     local res = assert(gw.request({ path = "/api/v1/orders" }))
+    assert.equal(401, res.status)
+    assert.same({ error = "Missing token" }, res.json)
+    -- The demo token conf/demo-token.sh prints, made here the same way.
+    local crypto = require "tollgate.crypto"
+    local enc = crypto.base64url_encode
+    local now = os.time()
+    local signing = enc('{"alg":"HS256","typ":"JWT"}') .. "."
+      .. enc(string.format('{"iss":"demo-issuer","sub":"demo-user","exp":%d}', now + 600))
+    local token = signing .. "." .. enc(crypto.hmac_sha256("demo-secret-change-me", signing))
+    res = assert(gw.request({ path = "/api/v1/orders", headers = { Authorization = "Bearer " .. token } }))
     assert.equal(200, res.status)
     assert.equal("/orders", res.json.path)
     assert.equal("demo-orders-service", res.json.route)
+    assert.equal("demo-user", res.json.headers["x-user-id"])
+    assert.is_nil(res.json.headers.authorization)
   end)
 
-  it("routes POST /api/v1/payments with its body, and refuses other methods", function()
+  it("routes POST /api/v1/payments with its body behind key-auth, and refuses other methods", function()
     local res = assert(gw.request({ method = "POST", path = "/api/v1/payments", body = { amount = 5 } }))
+    assert.equal(401, res.status)
+    res = assert(gw.request({ method = "POST", path = "/api/v1/payments", body = { amount = 5 },
+                              headers = { ["X-API-Key"] = "demo-key-change-me" } }))
     assert.equal(200, res.status)
+    assert.equal("demo-client", res.json.headers["x-client-id"])
+    assert.equal("1000", res.headers["x-ratelimit-limit"])   -- the pro plan
     assert.equal("POST", res.json.method)
     assert.equal("/payments", res.json.path)
     assert.equal('{"amount":5}', res.json.body)
@@ -317,11 +338,13 @@ describe("the shipped conf/tollgate.yaml", function()
     assert.equal(404, res.status)
   end)
 
-  it("routes /api/v2/users to the users-v2 service", function()
+  it("routes /api/v2/users to the users-v2 service, answers wrapped in a JSON envelope", function()
     local res = assert(gw.request({ path = "/api/v2/users" }))
     assert.equal(200, res.status)
-    assert.equal("/users", res.json.path)
-    assert.equal("demo-users-v2-service", res.json.route)
+    assert.equal("2.0", res.json.api_version)
+    assert.equal(res.headers["x-request-id"], res.json.request_id)
+    assert.equal("/users", res.json.data.path)
+    assert.equal("demo-users-v2-service", res.json.data.route)
   end)
 
   it("answers /health itself and 404s an unknown path", function()
