@@ -68,6 +68,12 @@ int tg_ffi_req_header_set(tg_request_t *r, const char *name, size_t nlen,
     if (tg_str_caseeq_lit(n, "content-length") || tg_str_caseeq_lit(n, "transfer-encoding")
         || tg_str_caseeq_lit(n, "connection"))
         return -2;
+    if (tg_str_caseeq_lit(n, "host")) {
+        /* The upstream Host is one value, chosen in the proxy: record it. */
+        if (mode == TG_HDR_CLEAR) r->host_override = tg_null_string;
+        else r->host_override = (tg_str_t){ tg_pool_strndup(r->pool, value, vlen), vlen };
+        return 0;
+    }
     tg_hdr_list_edit(r->pool, tg_request_req_hdrs(r), mode, name, nlen, value, vlen);
     return 0;
 }

@@ -192,7 +192,7 @@ static size_t build_request_head(tg_request_t *r, char **out) {
     const tg_conf_target_t *t = &r->upstream->conf->targets[r->target];
     int nh;
     const tg_http_header_t *hd = tg_request_headers(r, &nh);
-    size_t cap = h->head_len + r->upstream_uri.len + strlen(t->host_header) + 512;
+    size_t cap = h->head_len + r->upstream_uri.len + strlen(t->host_header) + r->host_override.len + 512;
     for (int i = 0; r->req_hdrs && i < nh; i++) cap += hd[i].name.len + hd[i].value.len + 4;
     char *buf = tg_pool_alloc(r->pool, cap), *p = buf;
 
@@ -200,7 +200,8 @@ static size_t build_request_head(tg_request_t *r, char **out) {
     PUTS(" ");
     PUT(r->upstream_uri.p, r->upstream_uri.len);
     PUTS(" HTTP/1.1\r\nHost: ");
-    if (r->route->preserve_host && h->host.len) PUT(h->host.p, h->host.len);
+    if (r->host_override.p) PUT(r->host_override.p, r->host_override.len);
+    else if (r->route->preserve_host && h->host.len) PUT(h->host.p, h->host.len);
     else PUT(t->host_header, strlen(t->host_header));
     PUTS("\r\n");
 

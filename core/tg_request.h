@@ -123,6 +123,7 @@ struct tg_request_s {
     /* plugin edits of the upstream request (NULL/empty: as received) */
     tg_hdr_list_t      *req_hdrs;      /* the headers going upstream */
     tg_str_t            body_override; /* set_body(); p != NULL when set */
+    tg_str_t            host_override; /* set_header("Host", v); p != NULL when set */
     unsigned            body_read_wanted:1; /* a plugin waits for the whole body */
     unsigned            body_for_echo:1;    /* the echo response waits for it */
 

@@ -1529,4 +1529,40 @@ function _M.start_gateway(conf, opts)
   failure("not ready")
 end
 
+------------------------------------------------------------------------------
+-- plugins
+------------------------------------------------------------------------------
+
+--- helpers.fixtures_path() -> absolute path of spec/fixtures/plugins, the
+-- fixture plugins of the specs. Put it in a config's plugins_path:
+--   helpers.start_gateway({ plugins_path = { helpers.fixtures_path() }, ... })
+function _M.fixtures_path()
+  return repo_root .. "/spec/fixtures/plugins"
+end
+
+--- helpers.error_lines(text, level) -> the error-log lines of `text` at
+-- `level` ("error" by default) or above, as a list. A plugin failure is
+-- one entry even though its traceback spans several lines: lines that do
+-- not start a new log entry (a date) are joined to the one before.
+function _M.error_lines(text, level)
+  local order = { debug = 0, info = 1, notice = 2, warn = 3, error = 4, crit = 5, alert = 6, emerg = 7 }
+  local min = order[level or "error"] or 4
+  local entries = {}
+  for line in (text or ""):gmatch("[^\n]+") do
+    if line:match("^%d%d%d%d[-/]%d%d[-/]%d%d") or #entries == 0 then
+      entries[#entries + 1] = line
+    else
+      entries[#entries] = entries[#entries] .. "\n" .. line
+    end
+  end
+  local out = {}
+  for _, e in ipairs(entries) do
+    local lv = e:match("%[(%a+)%]")
+    if lv and order[lv] and order[lv] >= min then
+      out[#out + 1] = e
+    end
+  end
+  return out
+end
+
 return _M
