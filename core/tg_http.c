@@ -274,18 +274,26 @@ static int check_status_line(const char *p, size_t n, tg_http_response_t *resp) 
 /* Checks the header lines between `p` (first byte after the start line's
  * CRLF) and `end` (the final empty line's CR). Returns 0, 400 or 431 and
  * the number of lines in *count. */
+/* Checks every header line; with `out`, also records each as name and
+ * OWS-trimmed value slices (the response path tokenizes here: see
+ * tg_http_parse_response). */
 static int check_header_lines(const char *p, const char *end, int max_headers,
-                              int *count) {
+                              int *count, tg_http_header_t *out) {
     int n = 0;
     while (p < end) {
         const char *eol = memchr(p, '\r', (size_t)(end - p));   /* CRLF, pass 1 */
-        const char *q = p;
+        const char *q = p, *colon;
         if (n == max_headers) return 431;
         if (is_ows(*p)) return 400;                            /* obs-fold */
         while (q < eol && is_tchar(*q)) q++;
         if (q == p || q == eol || *q != ':') return 400;
+        colon = q;
         for (q++; q < eol; q++)
             if (!is_field_char(*q)) return 400;
+        if (out) {
+            out[n].name = (tg_str_t){ p, (size_t)(colon - p) };
+            out[n].value = trim_ows((tg_str_t){ colon + 1, (size_t)(eol - colon - 1) });
+        }
         n++;
         p = eol + 2;
     }
@@ -517,7 +525,7 @@ int tg_http_parse_request(tg_http_scan_t *st, const char *buf, size_t len,
                             max_uri, req);
     if (rc == 0)
         rc = check_header_lines(line_end + 2, buf + head_len - 2, max_headers,
-                                &nlines);
+                                &nlines, NULL);
     if (rc == 0)
         rc = tokenize(HTTP_REQUEST, buf + start, head_len - start, req->headers,
                       &req->nheaders, nlines, &hp, &url);
@@ -560,8 +568,6 @@ int tg_http_parse_response(tg_http_scan_t *st, const char *buf, size_t len,
     size_t start, head_len;
     const char *line_end;
     int rc, status, nlines;
-    http_parser hp;
-    tg_str_t url;
     framing_t f;
 
     rc = scan_head(st, buf, len, max_head, 0, 0, &start, &head_len, &status);
@@ -572,15 +578,17 @@ int tg_http_parse_response(tg_http_scan_t *st, const char *buf, size_t len,
     resp->chunked = resp->keepalive = resp->upgrade = 0;
     resp->head_len = head_len;
 
+    /* Responses come from our own upstreams and are held to the same byte
+     * rules, checked above; tokenizing them again with http-parser cost a
+     * quarter of a proxied request's CPU (callgrind), so the strict line
+     * checker records the header slices itself. Requests still go through
+     * http-parser as a second, independent reading. */
     line_end = memchr(buf, '\r', head_len);
     if (check_status_line(buf, (size_t)(line_end - buf), resp) != 0
         || check_header_lines(line_end + 2, buf + head_len - 2,
-                              TG_HTTP_MAX_HEADERS, &nlines) != 0
-        || tokenize(HTTP_RESPONSE, buf, head_len, resp->headers,
-                    &resp->nheaders, nlines, &hp, &url) != 0
-        || hp.status_code != (unsigned) resp->status
-        || hp.http_minor != (unsigned) resp->http_minor)
+                              TG_HTTP_MAX_HEADERS, &nlines, resp->headers) != 0)
         return TG_ERROR;
+    resp->nheaders = nlines;
 
     derive(resp->headers, resp->nheaders, &f);
     /* A response coding other than chunked would have to be forwarded with
