@@ -352,7 +352,13 @@ static int finish_code(tg_request_t *r, int code) {
 }
 
 int tg_lua_run_phase(tg_request_t *r, tg_phase_e phase) {
-    return finish_code(r, run(r, phase, 1));
+    r->hold++;
+    int rc = finish_code(r, run(r, phase, 1));
+    if (--r->hold == 0 && r->free_pending) {
+        tg_request_release(r);
+        return TG_DECLINED;   /* the request ended meanwhile: r is gone */
+    }
+    return rc;
 }
 
 int tg_lua_header_filter(tg_request_t *r) {
@@ -433,12 +439,18 @@ void tg_lua_wake(tg_lua_wait_t *wt) {
     r->lua_wait = NULL;
     if (r->lua_running) return;   /* cannot happen: waits complete from the loop */
     lua_settop(co, 0);
+    r->hold++;
     int code = resume(r, NULL, co, 0, 1);
     while (code == TG_LUA_WAIT && start_deferred(r)) {
         lua_settop(co, 0);
         code = resume(r, NULL, co, 0, 1);
     }
-    tg_request_lua_resumed(r, finish_code(r, code));
+    int rc = finish_code(r, code);
+    if (--r->hold == 0 && r->free_pending) {
+        tg_request_release(r);   /* ended while we resumed it */
+        return;
+    }
+    tg_request_lua_resumed(r, rc);
 }
 
 /* ---- timers (tg.timer.at / every, tg.sleep) ---- */

@@ -32,6 +32,7 @@
 #define TG_ACCESS_LINE_MAX 12288
 
 static void request_run(tg_request_t *r);
+static void redirect_https(tg_request_t *r);
 
 static void rebase(tg_str_t *s, const char *from, const char *to) {
     if (s->p) s->p = to + (s->p - from);
@@ -41,7 +42,12 @@ static void rebase(tg_str_t *s, const char *from, const char *to) {
 static int set_host(tg_request_t *r) {
     tg_str_t h = r->http->host;
     size_t n = h.len;
-    if (n && h.p[0] == '[') {
+    if (n == 0) {   /* HTTP/1.0 without Host */
+        r->host[0] = '\0';
+        r->host_len = 0;
+        return TG_OK;
+    }
+    if (h.p[0] == '[') {
         const char *e = memchr(h.p, ']', n);
         if (e == NULL) return TG_ERROR;
         n = (size_t)(e - h.p) + 1;
@@ -105,6 +111,7 @@ void tg_request_start(tg_conn_t *c, const tg_http_request_t *parsed) {
     r->lua_co_ref = r->lua_ctx_ref = -1;
     memcpy(r->client_ip, c->ip, sizeof(r->client_ip));
     r->local_port = c->listener->port;
+    r->https = c->ssl != NULL;
     c->r = r;
 
     /* Copy the head out of the connection buffer: the buffer is reused for
@@ -166,6 +173,10 @@ void tg_request_start(tg_conn_t *c, const tg_http_request_t *parsed) {
         tg_admin_handle(r);
         return;
     }
+    if (c->listener->redirect_https) {
+        redirect_https(r);
+        return;
+    }
 
     r->route = tg_router_match(w->conf->router, r->host, r->host_len, h->method,
                                c->listener->port, r->path.p, r->path.len);
@@ -177,6 +188,40 @@ void tg_request_start(tg_conn_t *c, const tg_http_request_t *parsed) {
     if (w->lua) r->lua_phases = tg_lua_route_phases(w->lua, r->route->index);
     r->phase = TG_PHASE_REWRITE;
     request_run(r);
+}
+
+/* A plain listener with redirect_https answers everything with a 301 to
+ * the same host and target over https (the first TLS listener's port, or
+ * 443), before routing: nothing of the request reaches a plugin or an
+ * upstream over plain HTTP. */
+static void redirect_https(tg_request_t *r) {
+    const tg_http_request_t *h = r->http;
+    uint16_t port = r->conn->listener->https_port;
+    if (r->host_len == 0) {
+        tg_request_finalize(r, 400);
+        return;
+    }
+    size_t cap = r->host_len + h->path.len + h->query.len + 32;
+    char *loc = tg_pool_alloc(r->pool, cap), *p = loc;
+    memcpy(p, "https://", 8);
+    p += 8;
+    memcpy(p, r->host, r->host_len);
+    p += r->host_len;
+    if (port != 443) {
+        *p++ = ':';
+        p = tg_fmt_uint(p, port);
+    }
+    memcpy(p, h->path.p, h->path.len);
+    p += h->path.len;
+    if (h->query.p) {
+        *p++ = '?';
+        memcpy(p, h->query.p, h->query.len);
+        p += h->query.len;
+    }
+    tg_hdr_list_edit(r->pool, &r->resp_hdrs, TG_HDR_SET, "Location", 8, loc, (size_t)(p - loc));
+    r->phase = TG_PHASE_HEADER_FILTER;
+    static const char body[] = "{\"error\":\"Moved Permanently\"}";
+    tg_response_local(r, 301, body, sizeof(body) - 1);
 }
 
 /* Sends the response a plugin asked for with tg.response.exit(). */
@@ -193,7 +238,7 @@ static void request_run(tg_request_t *r) {
         case TG_PHASE_ACCESS: {
             int rc = TG_OK;
             if (r->lua_phases & TG_LUA_BIT(r->phase)) rc = tg_lua_run_phase(r, r->phase);
-            if (rc == TG_AGAIN) return;
+            if (rc == TG_AGAIN || rc == TG_DECLINED) return;   /* waiting, or gone */
             if (rc == TG_DONE) { r->phase = TG_PHASE_HEADER_FILTER; respond_exit(r); return; }
             if (rc == TG_ERROR) { r->phase = TG_PHASE_HEADER_FILTER; tg_request_finalize(r, 500); return; }
             r->phase = r->phase == TG_PHASE_REWRITE ? TG_PHASE_ACCESS : TG_PHASE_BALANCER;
@@ -382,6 +427,16 @@ void tg_request_free(tg_request_t *r) {
         if (log_phase(r) == TG_AGAIN) return;   /* freed when the log phase ends */
     }
     if (r->log_pending) return;
+    if (r->hold) {
+        /* Ended from inside a Lua phase (e.g. the body a plugin waits for
+         * was too large): the caller up the stack releases it. */
+        r->free_pending = 1;
+        return;
+    }
+    tg_request_release(r);
+}
+
+void tg_request_release(tg_request_t *r) {
     tg_lua_request_free(r);
     tg_pool_destroy(r->pool);
 }
@@ -527,9 +582,8 @@ void tg_request_client_readable(tg_request_t *r) {
     /* Either the client went away (a request waiting in Lua is then
      * abandoned) or it pipelined its next request (left in the socket until
      * this response is out). */
-    char c1;
-    ssize_t n = recv(r->conn->fd, &c1, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+    int peek = tg_conn_peek(r->conn);
+    if (peek == 0) {
         tg_conn_close(r->conn);
         return;
     }

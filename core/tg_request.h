@@ -119,6 +119,7 @@ struct tg_request_s {
     const char         *request_id;    /* set by the request-id plugin */
     char                client_ip[46]; /* copied: the log phase may outlive the connection */
     uint16_t            local_port;
+    unsigned            https:1;       /* arrived over TLS */
 
     /* plugin edits of the upstream request (NULL/empty: as received) */
     tg_hdr_list_t      *req_hdrs;      /* the headers going upstream */
@@ -147,6 +148,9 @@ struct tg_request_s {
     struct tg_lua_wait_s *lua_wait;    /* pending I/O of the coroutine */
     unsigned            lua_running:1; /* inside a resume (no re-entry) */
     unsigned            log_pending:1; /* log phase still running after done */
+    unsigned            free_pending:1;/* freed while held (see hold) */
+    int                 hold;          /* >0 while C code up the stack still uses r:
+                                          tg_request_free then only marks it */
     unsigned            local_response:1; /* generated here: add Date, Server */
     unsigned            body_eof_sent:1;  /* last piece of the body sent */
 };
@@ -187,9 +191,11 @@ void tg_request_client_timeout(tg_request_t *r);
 typedef int (*tg_body_sink_pt)(tg_request_t *r, const char *data, size_t len, int last);
 int tg_request_body_pump(tg_request_t *r, tg_body_sink_pt sink);
 
-/* Frees the request and its pool (stops nothing: callers close the
- * upstream side first). */
+/* Ends the request's life: aborts the upstream side, runs LOG if it did not
+ * run yet, then frees the request and its pool (tg_request_release) — or,
+ * while r->hold is set, only marks it for the holder to release. */
 void tg_request_free(tg_request_t *r);
+void tg_request_release(tg_request_t *r);
 
 /* Header value of the request as it will go upstream (client headers with
  * plugin edits), case-insensitive; a NULL slice when absent. */
