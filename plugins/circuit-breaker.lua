@@ -231,14 +231,7 @@ local function log_phase(conf, ctx)
   end
 end
 
-local function dict_configured(name)
-  local conf = tg.config()
-  local dicts = type(conf) == "table" and conf.shared_dicts
-  if type(dicts) ~= "table" or dicts[name] == nil then
-    return nil, "shared dict \"" .. name .. "\" is not configured (add it to shared_dicts)"
-  end
-  return true
-end
+local dict_configured = require("tollgate.shdict").configured
 
 return {
   name = NAME,

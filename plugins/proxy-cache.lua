@@ -367,14 +367,7 @@ end
 
 -- ---------------------------------------------------------------- schema
 
-local function dict_configured(name)
-  local conf = tg.config()
-  local dicts = type(conf) == "table" and conf.shared_dicts
-  if type(dicts) ~= "table" or dicts[name] == nil then
-    return nil, "shared dict \"" .. name .. "\" is not configured (add it to shared_dicts)"
-  end
-  return true
-end
+local dict_configured = require("tollgate.shdict").configured
 
 return {
   name = NAME,

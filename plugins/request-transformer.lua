@@ -35,6 +35,7 @@
 -- set ctx.consumer. Everything parsed is cached per config table.
 -- Docs: docs/plugins/request-transformer.md.
 local tg       = require "tollgate"
+local header_ops = require "tollgate.header_ops"
 local regex    = require "tollgate.regex"
 local template = require "tollgate.template"
 
@@ -208,23 +209,7 @@ end
 local function edit_headers(c)
   for _, name in ipairs(c.h_remove) do request.clear_header(name) end
 
-  if #c.h_rename > 0 then
-    local all = request.get_headers()
-    for _, r in ipairs(c.h_rename) do
-      local v = all[lower(r.from)]
-      if v ~= nil then
-        request.clear_header(r.from)
-        if type(v) == "table" then
-          request.set_header(r.to, v[1])
-          for i = 2, #v do request.add_header(r.to, v[i]) end
-        else
-          request.set_header(r.to, v)
-        end
-        all[lower(r.to)] = v
-        all[lower(r.from)] = nil
-      end
-    end
-  end
+  header_ops.rename(request, c.h_rename)
 
   for _, e in ipairs(c.h_replace) do
     local v = header_value(e)

@@ -41,6 +41,7 @@
 -- plugin is answered chunked (close-delimited to HTTP/1.0 clients).
 -- Docs: docs/plugins/response-transformer.md.
 local tg    = require "tollgate"
+local header_ops = require "tollgate.header_ops"
 local cjson = require "cjson.safe"
 
 local response = tg.response
@@ -192,23 +193,7 @@ end
 
 local function edit_headers(c)
   for _, name in ipairs(c.remove) do response.clear_header(name) end
-  if #c.rename > 0 then
-    local all = response.get_headers()
-    for _, r in ipairs(c.rename) do
-      local v = all[lower(r.from)]
-      if v ~= nil then
-        response.clear_header(r.from)
-        if type(v) == "table" then
-          response.set_header(r.to, v[1])
-          for i = 2, #v do response.add_header(r.to, v[i]) end
-        else
-          response.set_header(r.to, v)
-        end
-        all[lower(r.to)] = v
-        all[lower(r.from)] = nil
-      end
-    end
-  end
+  header_ops.rename(response, c.rename)
   for _, e in ipairs(c.replace) do
     if response.get_header(e.name) ~= nil then response.set_header(e.name, e.value) end
   end

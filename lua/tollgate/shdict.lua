@@ -371,6 +371,18 @@ end
 local dicts = {}
 
 -- dict | nil, err
+-- Config-time check for plugin schemas: true when the loaded config declares
+-- the dict in `shared_dicts`, else nil and a message saying how to fix it.
+-- (Works in the master's check VM too, where no zone is mapped.)
+function _M.configured(name)
+  local conf = require("tollgate.runtime").config
+  local dicts = type(conf) == "table" and conf.shared_dicts
+  if type(dicts) ~= "table" or dicts[name] == nil then
+    return nil, "shared dict \"" .. tostring(name) .. "\" is not configured (add it to shared_dicts)"
+  end
+  return true
+end
+
 function _M.dict(name)
     if type(name) ~= "string" then
         error('bad "name" argument: a string expected, got ' .. type(name), 2)
