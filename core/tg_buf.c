@@ -60,7 +60,7 @@ void tg_wqueue_reset(tg_wqueue_t *q) {
     q->len = q->off = q->cap = 0;
 }
 
-static void append(tg_wqueue_t *q, const char *p, size_t n) {
+void tg_wqueue_append(tg_wqueue_t *q, const char *p, size_t n) {
     if (n == 0) return;
     if (q->off > 0 && q->off == q->len) q->off = q->len = 0;
     if (q->len + n > q->cap) {
@@ -97,7 +97,7 @@ int tg_wqueue_flush(tg_wqueue_t *q, int fd) {
 
 int tg_wqueue_writev(tg_wqueue_t *q, int fd, const struct iovec *iov, int iovcnt) {
     if (!tg_wqueue_empty(q)) {
-        for (int i = 0; i < iovcnt; i++) append(q, iov[i].iov_base, iov[i].iov_len);
+        for (int i = 0; i < iovcnt; i++) tg_wqueue_append(q, iov[i].iov_base, iov[i].iov_len);
         return tg_wqueue_flush(q, fd);
     }
     struct iovec v[TG_WQUEUE_MAX_IOV];
@@ -120,6 +120,6 @@ int tg_wqueue_writev(tg_wqueue_t *q, int fd, const struct iovec *iov, int iovcnt
         }
     }
     if (i >= iovcnt) return TG_OK;
-    for (; i < iovcnt; i++) append(q, v[i].iov_base, v[i].iov_len);
+    for (; i < iovcnt; i++) tg_wqueue_append(q, v[i].iov_base, v[i].iov_len);
     return TG_AGAIN;
 }

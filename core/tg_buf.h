@@ -67,6 +67,8 @@ struct iovec;
  * writability and call tg_wqueue_flush), TG_ERROR on a socket error. If the
  * queue is not empty, everything is appended to it first (order kept). */
 int tg_wqueue_writev(tg_wqueue_t *q, int fd, const struct iovec *iov, int iovcnt);
+/* Appends n bytes to the queue (copied). */
+void tg_wqueue_append(tg_wqueue_t *q, const char *p, size_t n);
 /* Writes queued bytes. TG_OK when the queue is empty, TG_AGAIN, TG_ERROR. */
 int tg_wqueue_flush(tg_wqueue_t *q, int fd);
 

@@ -20,6 +20,7 @@
 #include "tg_http.h"
 #include "tg_log.h"
 #include "tg_router.h"
+#include "tg_tls.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -42,6 +43,7 @@
 #define TG_CONF_MAX_WEIGHT     10000  /* keeps smooth-WRR sums far from overflow */
 #define TG_CONF_BACKLOG        511    /* nginx's default listen backlog */
 #define TG_CONF_DEFAULT_PORT   80
+#define TG_CONF_DEFAULT_TLS_PORT 443
 #define TG_REDIS_DEFAULT_PORT  6379
 
 /* The only mutable global: snapshots are numbered per process so that
@@ -379,9 +381,10 @@ int tg_conf_addr_parse(tg_pool_t *pool, const char *text, tg_conf_addr_t *out,
     }
     for (size_t i = 0; i < len; i++) {
         if (isspace((unsigned char)text[i])) {
-            /* Most likely "host:port ssl": say why it is refused. */
+            /* "host:port ssl" is taken apart by parse_listen(); here it
+             * means an address that cannot have options (admin). */
             snprintf(err, errlen, "invalid address \"%s\": expected host:port "
-                     "(nothing may follow it; TLS listeners are not supported yet)", text);
+                     "(nothing may follow it)", text);
             return TG_ERROR;
         }
     }
@@ -449,15 +452,91 @@ static int addr_equal(const tg_conf_addr_t *a, const tg_conf_addr_t *b) {
     return a->addrlen == b->addrlen && memcmp(&a->addr, &b->addr, a->addrlen) == 0;
 }
 
-static int parse_listen(ck_t *ck, const char *path, tg_yaml_node_t *v, tg_conf_listen_t *l) {
+/* A path from the config, made absolute against the config's directory so
+ * that a reload from another working directory reads the same file. */
+static char *conf_file_path(ck_t *ck, const char *s) {
+    if (s[0] == '/') return tg_pool_strdup(ck->pool, s);
+    return tg_pool_printf(ck->pool, "%s/%s", ck->conf->prefix, s);
+}
+
+static void set_file(ck_t *ck, const char *path, tg_yaml_node_t *val, void *obj, const field_t *f) {
+    const char *s = want_string(ck, path, val, 1);
+    if (s) *(char **)((char *)obj + f->off) = conf_file_path(ck, s);
+}
+
+static void set_verify_client(ck_t *ck, const char *path, tg_yaml_node_t *val, void *obj, const field_t *f) {
+    const char *s = is_string(val) ? val->scalar : "";
+    int *out = (int *)((char *)obj + f->off);
+    if (strcmp(s, "required") == 0) *out = TG_TLS_VERIFY_REQUIRED;
+    else if (strcmp(s, "optional") == 0) *out = TG_TLS_VERIFY_OPTIONAL;
+    else if (strcmp(s, "off") == 0) *out = TG_TLS_VERIFY_NONE;
+    else ck_err(ck, path, "expected one of required, optional, off");
+}
+
+static void set_listen_address(ck_t *ck, const char *path, tg_yaml_node_t *val, void *obj, const field_t *f) {
+    tg_conf_listen_t *l = obj;
     char err[512];
+    const char *s = want_string(ck, path, val, 0);
+    if (s == NULL) return;
+    if (tg_conf_addr_parse(ck->pool, s, &l->addr, err, sizeof(err)) != TG_OK) ck_err(ck, path, "%s", err);
+}
+
+/* The map form of a listen entry. */
+static const field_t listen_fields[] = {
+    { "address",        set_listen_address, 0, 0, 0, F_REQUIRED, NULL, 0 },
+    { "tls",            set_bool, offsetof(tg_conf_listen_t, tls), 0, 0, 0, NULL, 0 },
+    { "redirect_https", set_bool, offsetof(tg_conf_listen_t, redirect_https), 0, 0, 0, NULL, 0 },
+    { "client_ca",      set_file, offsetof(tg_conf_listen_t, client_ca), 0, 0, F_NULL_OK, NULL, 0 },
+    { "verify_client",  set_verify_client, offsetof(tg_conf_listen_t, verify_client), 0, 0, 0, NULL, 0 },
+};
+
+/* "host:port", "host:port ssl" (nginx's spelling), or
+ * { address: "host:port", tls: true, redirect_https: ..., client_ca: ... }. */
+static int parse_listen(ck_t *ck, const char *path, tg_yaml_node_t *v, tg_conf_listen_t *l,
+                        int options) {
+    char err[512];
+    int nerr = ck->nerr;
+    l->backlog = TG_CONF_BACKLOG;
+    l->verify_client = -1;
+    l->yaml_path = tg_pool_strdup(ck->pool, path);
+    if (options && v->type == TG_YAML_MAP) {
+        check_map(ck, path, v, listen_fields, tg_nelems(listen_fields), l);
+        if (ck->nerr != nerr) return TG_ERROR;
+        if (l->tls && l->redirect_https) {
+            ck_err(ck, path_key(ck, path, "redirect_https"), "only a plain (non-TLS) listener can redirect to https");
+            return TG_ERROR;
+        }
+        if (!l->tls && (l->client_ca || l->verify_client >= 0)) {
+            ck_err(ck, path_key(ck, path, l->client_ca ? "client_ca" : "verify_client"),
+                   "client certificates need \"tls: true\"");
+            return TG_ERROR;
+        }
+        return TG_OK;
+    }
+    if (options && v->type != TG_YAML_SCALAR) {
+        ck_err(ck, path, "expected \"host:port\" or a map with \"address\"");
+        return TG_ERROR;
+    }
     const char *s = want_string(ck, path, v, 0);
     if (s == NULL) return TG_ERROR;
+    const char *sp = options ? strpbrk(s, " \t") : NULL;
+    if (sp) {
+        /* Options after the address: only "ssl" exists. */
+        const char *opt = sp + strspn(sp, " \t");
+        size_t olen = strcspn(opt, " \t");
+        if (olen == 3 && strncmp(opt, "ssl", 3) == 0 && opt[3 + strspn(opt + 3, " \t")] == '\0') {
+            l->tls = 1;
+            s = tg_pool_strndup(ck->tmp, s, (size_t)(sp - s));
+        } else {
+            ck_err(ck, path, "unknown listen option \"%.*s\" in \"%s\" (expected \"host:port\" or \"host:port ssl\")",
+                   (int)olen, opt, s);
+            return TG_ERROR;
+        }
+    }
     if (tg_conf_addr_parse(ck->pool, s, &l->addr, err, sizeof(err)) != TG_OK) {
         ck_err(ck, path, "%s", err);
         return TG_ERROR;
     }
-    l->backlog = TG_CONF_BACKLOG;
     return TG_OK;
 }
 
@@ -473,7 +552,7 @@ static void set_listen(ck_t *ck, const char *path, tg_yaml_node_t *val, void *ob
     for (int i = 0; i < val->n; i++) {
         const char *ipath = path_index(ck, path, i);
         tg_conf_listen_t *l = &conf->listens[conf->nlistens];
-        if (parse_listen(ck, ipath, val->items[i], l) != TG_OK) { ok = 0; continue; }
+        if (parse_listen(ck, ipath, val->items[i], l, 1) != TG_OK) { ok = 0; continue; }
         int dup = -1;
         for (int j = 0; j < conf->nlistens && dup < 0; j++)
             if (addr_equal(&conf->listens[j].addr, &l->addr)) dup = j;
@@ -490,7 +569,7 @@ static void set_listen(ck_t *ck, const char *path, tg_yaml_node_t *val, void *ob
 static void set_admin_listen(ck_t *ck, const char *path, tg_yaml_node_t *val, void *obj, const field_t *f) {
     tg_conf_t *conf = obj;
     tg_conf_listen_t *l = tg_pool_calloc(ck->pool, sizeof(*l));
-    if (parse_listen(ck, path, val, l) != TG_OK) return;
+    if (parse_listen(ck, path, val, l, 0) != TG_OK) return;
     for (int i = 0; i < conf->nlistens; i++) {
         if (addr_equal(&conf->listens[i].addr, &l->addr)) {
             ck_err(ck, path, "\"%s\" is already used by listen[%d]", l->addr.text, i);
@@ -498,6 +577,95 @@ static void set_admin_listen(ck_t *ck, const char *path, tg_yaml_node_t *val, vo
         }
     }
     conf->admin = l;
+}
+
+/* ------------------------------------------------------------------ */
+/* tls (the files are loaded by tg_tls_conf_build, after the walk)     */
+
+static const field_t cert_fields[] = {
+    { "cert", set_file, offsetof(tg_conf_cert_t, cert), 0, 0, F_REQUIRED, NULL, 0 },
+    { "key",  set_file, offsetof(tg_conf_cert_t, key), 0, 0, F_REQUIRED, NULL, 0 },
+};
+
+static void set_tls_certificates(ck_t *ck, const char *path, tg_yaml_node_t *val, void *obj, const field_t *f) {
+    tg_conf_tls_t *t = obj;
+    if (!want_seq(ck, path, val)) return;
+    if (val->n == 0) {
+        ck_err(ck, path, "expected at least one { cert, key }");
+        return;
+    }
+    t->certs = tg_pool_calloc(ck->pool, (size_t)val->n * sizeof(*t->certs));
+    t->ncerts = val->n;
+    for (int i = 0; i < val->n; i++)
+        check_map(ck, path_index(ck, path, i), val->items[i], cert_fields, tg_nelems(cert_fields), &t->certs[i]);
+}
+
+static void set_tls_protocols(ck_t *ck, const char *path, tg_yaml_node_t *val, void *obj, const field_t *f) {
+    tg_conf_tls_t *t = obj;
+    if (!want_seq(ck, path, val)) return;
+    if (val->n == 0) {
+        ck_err(ck, path, "expected at least one of TLSv1.2, TLSv1.3");
+        return;
+    }
+    int bits = 0;
+    for (int i = 0; i < val->n; i++) {
+        const char *ipath = path_index(ck, path, i);
+        const char *s = want_string(ck, ipath, val->items[i], 1);
+        if (s == NULL) continue;
+        if (strcmp(s, "TLSv1.2") == 0) bits |= TG_TLS_V12;
+        else if (strcmp(s, "TLSv1.3") == 0) bits |= TG_TLS_V13;
+        else if (strcmp(s, "TLSv1") == 0 || strcmp(s, "TLSv1.1") == 0 || strncmp(s, "SSLv", 4) == 0)
+            ck_err(ck, ipath, "\"%s\" is not supported: it is insecure (expected TLSv1.2 or TLSv1.3)", s);
+        else ck_err(ck, ipath, "unknown protocol \"%s\" (expected TLSv1.2 or TLSv1.3)", s);
+    }
+    if (bits) t->protocols = bits;
+}
+
+static const field_t tls_fields[] = {
+    { "certificates",    set_tls_certificates, 0, 0, 0, 0, NULL, 0 },
+    { "protocols",       set_tls_protocols, 0, 0, 0, 0, NULL, 0 },
+    { "ciphers",         set_str, offsetof(tg_conf_tls_t, ciphers), 0, 0, F_NULL_OK, NULL, 0 },
+    { "ciphersuites",    set_str, offsetof(tg_conf_tls_t, ciphersuites), 0, 0, F_NULL_OK, NULL, 0 },
+    { "session_tickets", set_bool, offsetof(tg_conf_tls_t, session_tickets), 0, 0, 0, NULL, 0 },
+    { "session_timeout_ms", set_int, offsetof(tg_conf_tls_t, session_timeout_ms), 1000, INT_MAX, 0, NULL, 0 },
+    { "session_cache",   set_int, offsetof(tg_conf_tls_t, session_cache), 0, INT_MAX, 0, NULL, 0 },
+    { "client_ca",       set_file, offsetof(tg_conf_tls_t, client_ca), 0, 0, F_NULL_OK, NULL, 0 },
+    { "verify_client",   set_verify_client, offsetof(tg_conf_tls_t, verify_client), 0, 0, 0, NULL, 0 },
+    { "handshake_timeout_ms", set_int, offsetof(tg_conf_tls_t, handshake_timeout_ms), 1, INT_MAX, 0, NULL, 0 },
+};
+
+static void set_tls(ck_t *ck, const char *path, tg_yaml_node_t *val, void *obj, const field_t *f) {
+    tg_conf_t *conf = obj;
+    conf->tls.present = 1;
+    check_map(ck, path, val, tls_fields, tg_nelems(tls_fields), &conf->tls);
+}
+
+/* Cross-checks between listen, tls and upstreams once all are read. */
+static void check_tls(ck_t *ck, tg_conf_t *conf) {
+    uint16_t https_port = 443;
+    int ntls = 0;
+    for (int i = 0; i < conf->nlistens; i++) {
+        tg_conf_listen_t *l = &conf->listens[i];
+        if (!l->tls) continue;
+        if (ntls++ == 0) https_port = l->addr.port;
+        if (conf->tls.ncerts == 0)
+            ck_err(ck, l->yaml_path, "a TLS listener needs certificates (tls.certificates)");
+    }
+    for (int i = 0; i < conf->nlistens; i++) conf->listens[i].https_port = https_port;
+    if (conf->tls.verify_client > TG_TLS_VERIFY_NONE && conf->tls.client_ca == NULL)
+        ck_err(ck, "tls.verify_client", "needs \"client_ca\" (the CA that signs client certificates)");
+    for (int i = 0; i < conf->nlistens; i++) {
+        tg_conf_listen_t *l = &conf->listens[i];
+        if (l->verify_client > TG_TLS_VERIFY_NONE && l->client_ca == NULL && conf->tls.client_ca == NULL)
+            ck_err(ck, path_key(ck, l->yaml_path, "verify_client"),
+                   "needs \"client_ca\" here or in tls");
+    }
+    for (int i = 0; i < conf->nupstreams; i++) {
+        tg_conf_upstream_t *up = &conf->upstreams[i];
+        if (up->tls.present && !up->has_tls_targets && up->ntargets > 0)
+            ck_err(ck, tg_pool_printf(ck->tmp, "upstreams.%s.tls", up->name),
+                   "no target is https:// (TLS settings would be ignored)");
+    }
 }
 
 static void set_access_log_path(ck_t *ck, const char *path, tg_yaml_node_t *val, void *obj, const field_t *f) {
@@ -727,16 +895,14 @@ static int parse_target_url(ck_t *ck, const char *path, const char *url, tg_conf
     size_t portlen;
     int v6;
 
-    if (strncasecmp(url, "https://", 8) == 0) {
-        ck_err(ck, path, "https targets come with TLS support");
-        return TG_ERROR;
-    }
-    if (strncasecmp(url, "http://", 7) != 0) {
-        if (strstr(url, "://")) ck_err(ck, path, "unsupported scheme in \"%s\" (expected http://)", url);
+    int tls = strncasecmp(url, "https://", 8) == 0;
+    if (!tls && strncasecmp(url, "http://", 7) != 0) {
+        if (strstr(url, "://")) ck_err(ck, path, "unsupported scheme in \"%s\" (expected http:// or https://)", url);
         else ck_err(ck, path, "expected a url like \"http://host:port\"");
         return TG_ERROR;
     }
-    const char *auth = url + 7;
+    t->tls = tls;   /* known even if the rest fails: no misleading "no https target" */
+    const char *auth = url + (tls ? 8 : 7);
     size_t alen = strcspn(auth, "/?#");
     const char *tail = auth + alen;
     /* A lone "/" is the empty path; anything more would have to be joined
@@ -757,7 +923,8 @@ static int parse_target_url(ck_t *ck, const char *path, const char *url, tg_conf
         ck_err(ck, path, "missing host");
         return TG_ERROR;
     }
-    uint16_t portnum = TG_CONF_DEFAULT_PORT;
+    uint16_t defport = tls ? TG_CONF_DEFAULT_TLS_PORT : TG_CONF_DEFAULT_PORT;
+    uint16_t portnum = defport;
     if (port && parse_port(port, portlen, &portnum) != TG_OK) {
         ck_err(ck, path, "invalid port in \"%s\" (expected 1-65535)", url);
         return TG_ERROR;
@@ -768,9 +935,10 @@ static int parse_target_url(ck_t *ck, const char *path, const char *url, tg_conf
     }
     const char *hh = v6 ? tg_pool_printf(ck->tmp, "[%s]", host) : host;
     t->url = tg_pool_strdup(ck->pool, url);
-    t->scheme = "http";
+    t->scheme = tls ? "https" : "http";
+    t->tls = tls;
     t->host = tg_pool_strdup(ck->pool, host);
-    t->host_header = portnum == TG_CONF_DEFAULT_PORT
+    t->host_header = portnum == defport
         ? tg_pool_strdup(ck->pool, hh)
         : tg_pool_printf(ck->pool, "%s:%u", hh, (unsigned)portnum);
     return TG_OK;
@@ -837,6 +1005,40 @@ static const field_t passive_health_fields[] = {
     { "fail_timeout_ms", set_int, offsetof(tg_conf_upstream_t, fail_timeout_ms), 1, INT_MAX, 0, NULL, 0 },
 };
 
+static int host_ok(const char *h);
+
+static const field_t upstream_tls_fields[] = {
+    { "ca_file",     set_file, offsetof(tg_conf_upstream_tls_t, ca_file), 0, 0, F_NULL_OK, NULL, 0 },
+    { "verify",      set_bool, offsetof(tg_conf_upstream_tls_t, verify), 0, 0, 0, NULL, 0 },
+    { "sni",         set_str,  offsetof(tg_conf_upstream_tls_t, sni), 0, 0, F_NULL_OK, NULL, 0 },
+    { "client_cert", set_file, offsetof(tg_conf_upstream_tls_t, client_cert), 0, 0, F_NULL_OK, NULL, 0 },
+    { "client_key",  set_file, offsetof(tg_conf_upstream_tls_t, client_key), 0, 0, F_NULL_OK, NULL, 0 },
+};
+
+static void set_upstream_tls(ck_t *ck, const char *path, tg_yaml_node_t *val, void *obj, const field_t *f) {
+    tg_conf_upstream_t *up = obj;
+    up->tls.present = 1;
+    check_map(ck, path, val, upstream_tls_fields, tg_nelems(upstream_tls_fields), &up->tls);
+    if ((up->tls.client_cert == NULL) != (up->tls.client_key == NULL))
+        ck_err(ck, path, "\"client_cert\" and \"client_key\" go together");
+    if (up->tls.sni && !host_ok(up->tls.sni))
+        ck_err(ck, path_key(ck, path, "sni"), "invalid host name \"%s\"", up->tls.sni);
+}
+
+/* What each https target presents as SNI and verifies the certificate
+ * against: tls.sni when set, else the host of its url. */
+static void upstream_tls_names(ck_t *ck, tg_conf_upstream_t *up) {
+    for (int i = 0; i < up->ntargets; i++) {
+        tg_conf_target_t *t = &up->targets[i];
+        if (!t->tls) continue;
+        up->has_tls_targets = 1;
+        if (t->host == NULL) continue;   /* the url had an error */
+        t->tls_name = up->tls.sni ? up->tls.sni : t->host;
+        unsigned char bin[16];
+        t->tls_name_ip = inet_pton(AF_INET, t->tls_name, bin) == 1 || inet_pton(AF_INET6, t->tls_name, bin) == 1;
+    }
+}
+
 static const field_t upstream_fields[] = {
     { "targets",   set_targets, 0, 0, 0, F_REQUIRED, NULL, 0 },
     { "balance",   set_balance, 0, 0, 0, 0, NULL, 0 },
@@ -847,6 +1049,7 @@ static const field_t upstream_fields[] = {
     { "keepalive_requests", set_int, offsetof(tg_conf_upstream_t, keepalive_requests), 1, INT_MAX, 0, NULL, 0 },
     { "retries",   set_int, offsetof(tg_conf_upstream_t, retries), 0, INT_MAX, 0, NULL, 0 },
     { "passive_health", set_section, 0, 0, 0, F_NULL_OK, passive_health_fields, tg_nelems(passive_health_fields) },
+    { "tls",       set_upstream_tls, 0, 0, 0, F_NULL_OK, NULL, 0 },
 };
 
 static void upstream_defaults(tg_conf_upstream_t *up) {
@@ -861,6 +1064,7 @@ static void upstream_defaults(tg_conf_upstream_t *up) {
     up->retries = 1;
     up->max_fails = 3;
     up->fail_timeout_ms = 10000;
+    up->tls.verify = 1;
 }
 
 static void set_upstreams(ck_t *ck, const char *path, tg_yaml_node_t *val, void *obj, const field_t *f) {
@@ -882,6 +1086,7 @@ static void set_upstreams(ck_t *ck, const char *path, tg_yaml_node_t *val, void 
         up->index = i;
         if (up->name[0] == '\0') ck_err(ck, path, "empty upstream name");
         check_map(ck, upath, val->items[i], upstream_fields, tg_nelems(upstream_fields), up);
+        upstream_tls_names(ck, up);
     }
 }
 
@@ -1350,6 +1555,7 @@ static const field_t limits_fields[] = {
 static const field_t root_fields[] = {
     { "worker_processes", set_worker_processes, 0, 0, 0, 0, NULL, 0 },
     { "listen",       set_listen, 0, 0, 0, F_REQUIRED, NULL, 0 },
+    { "tls",          set_tls, 0, 0, 0, F_NULL_OK, NULL, 0 },
     { "admin",        set_section, 0, 0, 0, F_NULL_OK, admin_fields, tg_nelems(admin_fields) },
     { "access_log",   set_section, 0, 0, 0, F_NULL_OK, access_log_fields, tg_nelems(access_log_fields) },
     { "error_log",    set_section, 0, 0, 0, F_NULL_OK, error_log_fields, tg_nelems(error_log_fields) },
@@ -1382,6 +1588,12 @@ static void conf_defaults(tg_conf_t *conf) {
     conf->limits.send_timeout_ms = 60000;
     conf->limits.keepalive_timeout_ms = 60000;
     conf->limits.max_keepalive_requests = 10000;
+
+    conf->tls.protocols = TG_TLS_V12 | TG_TLS_V13;
+    conf->tls.session_tickets = 1;
+    conf->tls.session_timeout_ms = 300000;
+    conf->tls.session_cache = 20000;
+    conf->tls.verify_client = -1;
 
     conf->redis.host = "127.0.0.1";
     conf->redis.port = TG_REDIS_DEFAULT_PORT;
@@ -1418,9 +1630,15 @@ static tg_conf_t *conf_check(tg_pool_t *pool, tg_yaml_node_t *root, const char *
 
     if (root->type != TG_YAML_MAP) ck_err(&ck, "", "expected a map at the top level");
     else check_map(&ck, "", root, root_fields, tg_nelems(root_fields), conf);
+    check_tls(&ck, conf);
+    /* Certificates and keys are loaded now, so that `tollgate -t` and a
+     * reload catch a bad file; done even when other keys had errors, so
+     * one run shows everything. */
+    ck.nerr += tg_tls_conf_build(conf, errs);
 
     tg_pool_destroy(ck.tmp);
     if (ck.nerr) {
+        tg_tls_conf_free(conf);
         tg_pool_destroy(pool);
         return NULL;
     }
@@ -1467,6 +1685,7 @@ tg_conf_t *tg_conf_ref(tg_conf_t *conf) {
 void tg_conf_unref(tg_conf_t *conf) {
     if (conf == NULL || --conf->refcount > 0) return;
     if (conf->router) tg_router_free(conf->router);
+    tg_tls_conf_free(conf);
     tg_pool_destroy(conf->pool);
 }
 

@@ -40,14 +40,67 @@ typedef struct {
     uint16_t                port;
 } tg_conf_addr_t;
 
+struct ssl_ctx_st;   /* OpenSSL's SSL_CTX; only tg_tls.c looks inside */
+
 typedef struct {
     tg_conf_addr_t addr;
     int            backlog;          /* 511 like nginx */
+    int            tls;              /* "host:port ssl" or { tls: true } */
+    int            redirect_https;   /* plain listener: 301 to https://host[:https_port] */
+    uint16_t       https_port;       /* the first TLS listener's port, else 443 */
+    char          *client_ca;        /* per-listener mTLS CA (absolute path) or NULL:
+                                        the top-level tls.client_ca applies */
+    int            verify_client;    /* TG_TLS_VERIFY_*, -1 = the top-level one */
+    char          *yaml_path;        /* "listen[1]", for messages */
+    struct ssl_ctx_st *tls_ctx;      /* built by tg_tls_conf_build; owned by it */
 } tg_conf_listen_t;
+
+/* Client certificate checking at a TLS listener. */
+#define TG_TLS_VERIFY_NONE     0
+#define TG_TLS_VERIFY_REQUIRED 1     /* handshake fails without a valid client cert */
+#define TG_TLS_VERIFY_OPTIONAL 2     /* checked when the client sends one */
+
+/* Protocol bits of tg_conf_tls_t.protocols. */
+#define TG_TLS_V12 0x1
+#define TG_TLS_V13 0x2
+
+typedef struct {
+    char *cert;                      /* absolute paths */
+    char *key;
+} tg_conf_cert_t;
+
+/* The top-level `tls:` section: what every TLS listener serves. */
+typedef struct {
+    int             present;         /* the section was given */
+    tg_conf_cert_t *certs;           /* the first one answers clients without SNI */
+    int             ncerts;
+    int             protocols;       /* TG_TLS_V12 | TG_TLS_V13 */
+    char           *ciphers;         /* TLS 1.2 cipher list, NULL = built-in default */
+    char           *ciphersuites;    /* TLS 1.3 suites, NULL = OpenSSL's default */
+    int             session_tickets; /* default 1 */
+    int             session_timeout_ms; /* default 300000 (tickets and cache) */
+    int             session_cache;   /* sessions kept per worker, default 20000; 0 = off */
+    char           *client_ca;       /* mTLS for every TLS listener, or NULL */
+    int             verify_client;   /* TG_TLS_VERIFY_*, default REQUIRED with client_ca */
+    int             handshake_timeout_ms; /* 0 = limits.header_timeout_ms */
+} tg_conf_tls_t;
+
+/* An upstream's `tls:` section (used by its https:// targets). */
+typedef struct {
+    int   present;
+    char *ca_file;                   /* NULL = the system CA bundle */
+    int   verify;                    /* default 1: chain and host name */
+    char *sni;                       /* NULL = each target's host */
+    char *client_cert;               /* both or neither */
+    char *client_key;
+} tg_conf_upstream_tls_t;
 
 typedef struct {
     char           *url;             /* as written */
-    char           *scheme;          /* "http" (https: TLS issue) */
+    char           *scheme;          /* "http" or "https" */
+    int             tls;             /* https:// */
+    char           *tls_name;        /* SNI and the name verified: tls.sni or host */
+    int             tls_name_ip;     /* tls_name is an IP literal: no SNI, IP check */
     char           *host;            /* as written, for the Host header */
     char           *host_header;     /* "host" or "host:port" if not default */
     tg_conf_addr_t  addr;            /* resolved at load (getaddrinfo) */
@@ -82,6 +135,10 @@ typedef struct {
     int               retries;         /* default 1 */
     int               max_fails;       /* default 3; 0 disables passive health */
     int               fail_timeout_ms; /* default 10000 */
+    tg_conf_upstream_tls_t tls;
+    int               has_tls_targets; /* some target is https:// */
+    struct ssl_ctx_st *tls_ctx;        /* client context, built by tg_tls_conf_build
+                                          when has_tls_targets; owned by it */
 } tg_conf_upstream_t;
 
 typedef enum {
@@ -175,6 +232,9 @@ typedef struct tg_conf_s {
     int                 error_log_level;    /* enum tg_log_level, default info */
     int                 shutdown_timeout_ms;/* drain limit on reload/stop, 30000 */
     tg_conf_limits_t    limits;
+    tg_conf_tls_t       tls;
+    struct tg_tls_conf_s *tls_rt;           /* certificates and contexts
+                                               (tg_tls.c); freed by tg_conf_unref */
     tg_conf_redis_t     redis;
     tg_conf_shdict_t   *shared_dicts;
     int                 nshared_dicts;

@@ -12,11 +12,18 @@
  * finishes and bytes of the next are already buffered, the connection feeds
  * itself an event instead of recursing, so a long pipeline cannot grow the
  * stack and other connections get their turn.
+ *
+ * TLS listeners add a HANDSHAKE state before the first head, bounded by
+ * the handshake timeout; reads and writes go through tg_io_*(). A client
+ * that speaks plain HTTP to a TLS port gets a plain 400 saying so (nginx
+ * does the same) and the connection closes; failed handshakes are logged
+ * at info with OpenSSL's reason and closed.
  */
 #include "tg_conn.h"
 #include "tg_log.h"
 #include "tg_pool.h"
 #include "tg_request.h"
+#include "tg_tls.h"
 
 #include <errno.h>
 #include <netinet/tcp.h>
@@ -34,6 +41,15 @@
 static void conn_io_cb(struct ev_loop *loop, ev_io *io, int revents);
 static void conn_timer_cb(struct ev_loop *loop, ev_timer *t, int revents);
 static void conn_process(tg_conn_t *c);
+static void reject_head(tg_conn_t *c, int status, const char *detail);
+
+/* Decrypted bytes waiting inside the SSL never make the socket readable:
+ * while reads are watched, deliver them as a read event (a feed on a
+ * watcher that is stopped before the callback runs is dropped by libev). */
+static void feed_pending(tg_conn_t *c) {
+    if (c->ssl && (c->events & EV_READ) && tg_tls_pending(c->ssl))
+        ev_feed_event(c->worker->loop, &c->io, EV_READ);
+}
 
 void tg_conn_set_events(tg_conn_t *c, int events) {
     if (c->events == events) return;
@@ -44,6 +60,7 @@ void tg_conn_set_events(tg_conn_t *c, int events) {
         ev_io_set(&c->io, c->fd, events);
         ev_io_start(loop, &c->io);
     }
+    feed_pending(c);
 }
 
 void tg_conn_set_timer(tg_conn_t *c, int ms) {
@@ -100,6 +117,18 @@ void tg_conn_accept_cb(struct ev_loop *loop, ev_io *io, int revents) {
         w->nconns++;
         w->my_stats->connections_active++;
         w->my_stats->connections_total++;
+        if (ls->tls_ctx) {
+            c->ssl = tg_tls_server_new(ls->tls_ctx, fd);
+            if (c->ssl == NULL) {
+                tg_log_error("cannot start TLS for %s: out of memory", c->ip);
+                tg_conn_close(c);
+                continue;
+            }
+            c->state = TG_CONN_HANDSHAKE;
+            tg_conn_set_events(c, EV_READ);
+            tg_conn_set_timer(c, tg_tls_handshake_timeout(w->conf));
+            continue;
+        }
         /* The first request must arrive within header_timeout_ms. */
         c->state = TG_CONN_HEAD;
         tg_conn_set_events(c, EV_READ);
@@ -117,6 +146,8 @@ void tg_conn_close(tg_conn_t *c) {
     }
     ev_io_stop(w->loop, &c->io);
     ev_timer_stop(w->loop, &c->timer);
+    tg_tls_free(c->ssl);
+    tg_tls_peer_free(c->peer);
     close(c->fd);
     tg_buf_put(&w->bufs, c->rbuf);
     tg_wqueue_reset(&c->wq);
@@ -132,21 +163,35 @@ ssize_t tg_conn_read(tg_conn_t *c) {
     tg_buf_t *b = c->rbuf;
     if (tg_buf_room(b) == 0) tg_buf_compact(b);
     if (tg_buf_room(b) == 0) return TG_AGAIN;   /* caller must consume first */
-    for (;;) {
-        ssize_t n = read(c->fd, b->data + b->end, tg_buf_room(b));
-        if (n > 0) {
-            b->end += (size_t)n;
-            return n;
-        }
-        if (n == 0) return 0;
-        if (errno == EINTR) continue;
-        if (errno == EAGAIN || errno == EWOULDBLOCK) return TG_AGAIN;
-        return TG_ERROR;
+    ssize_t n = tg_io_read(c->fd, c->ssl, b->data + b->end, tg_buf_room(b));
+    if (n > 0) {
+        b->end += (size_t)n;
+        feed_pending(c);
     }
+    return n;
+}
+
+int tg_conn_peek(tg_conn_t *c) {
+    if (c->ssl) return tg_tls_peek(c->ssl);
+    char c1;
+    ssize_t n = recv(c->fd, &c1, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n > 0) return 1;
+    if (n == 0) return 0;
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return TG_AGAIN;
+    return 0;
+}
+
+void *tg_conn_peer(tg_conn_t *c) {
+    if (c->ssl == NULL) return NULL;
+    if (!c->peer_done) {
+        c->peer = tg_tls_peer_cert(c->ssl);
+        c->peer_done = 1;
+    }
+    return c->peer;
 }
 
 int tg_conn_send(tg_conn_t *c, const struct iovec *iov, int iovcnt) {
-    int rc = tg_wqueue_writev(&c->wq, c->fd, iov, iovcnt);
+    int rc = tg_io_writev(&c->wq, c->fd, c->ssl, iov, iovcnt);
     if (rc == TG_AGAIN) {
         tg_conn_set_events(c, c->events | EV_WRITE);
         tg_conn_set_timer(c, c->worker->conf->limits.send_timeout_ms);
@@ -173,6 +218,7 @@ static void linger_start(tg_conn_t *c) {
         tg_conn_set_timer(c, w->conf->limits.send_timeout_ms);
         return;
     }
+    if (c->ssl) tg_tls_shutdown(c->ssl);   /* close_notify before the FIN */
     shutdown(c->fd, SHUT_WR);
     c->lingering = 1;
     tg_conn_set_events(c, EV_READ);
@@ -192,18 +238,21 @@ static void linger_read(tg_conn_t *c) {
 }
 
 /* Sends a minimal error for a head that never became a request and closes
- * after it. No request exists, so this is logged here. */
-static void reject_head(tg_conn_t *c, int status) {
+ * after it. No request exists, so this is logged here. detail, if any,
+ * goes into the body as "message". */
+static void reject_head(tg_conn_t *c, int status, const char *detail) {
     char buf[512];
     const char *reason = tg_http_status_text(status);
-    char body[128];
-    int blen = snprintf(body, sizeof(body), "{\"error\":\"%s\"}", reason);
+    char body[160];
+    int blen = detail ? snprintf(body, sizeof(body), "{\"error\":\"%s\",\"message\":\"%s\"}", reason, detail)
+                      : snprintf(body, sizeof(body), "{\"error\":\"%s\"}", reason);
     int n = snprintf(buf, sizeof(buf),
                      "HTTP/1.1 %d %s\r\nDate: %s\r\nContent-Type: application/json\r\n"
                      "Content-Length: %d\r\nConnection: close\r\n\r\n%s",
                      status, reason, tg_worker_date(c->worker), blen, body);
     struct iovec iov = { buf, (size_t)n };
-    tg_log_info("rejected request head from %s: %d %s", c->ip, status, reason);
+    if (detail) tg_log_info("rejected request head from %s: %d %s (%s)", c->ip, status, reason, detail);
+    else tg_log_info("rejected request head from %s: %d %s", c->ip, status, reason);
     if (tg_access_log_enabled()) {
         /* One access-log line for every answer, even when there was no
          * request to speak of (nothing of the head is logged: unparsed). */
@@ -249,13 +298,13 @@ static void conn_process(tg_conn_t *c) {
     int rc = tg_http_parse_request(&c->scan, b->data + b->start, tg_buf_len(b), &lim, &parsed, &status);
     if (rc == TG_AGAIN) {
         if (tg_buf_len(b) >= lim.max_head) {
-            reject_head(c, 431);
+            reject_head(c, 431, NULL);
             return;
         }
         return;
     }
     if (rc == TG_ERROR) {
-        reject_head(c, status ? status : 400);
+        reject_head(c, status ? status : 400, NULL);
         return;
     }
     memset(&c->scan, 0, sizeof(c->scan));
@@ -268,7 +317,7 @@ static void conn_read_head(tg_conn_t *c) {
     ssize_t n = tg_conn_read(c);
     if (n == TG_AGAIN) {
         if (c->rbuf && tg_buf_room(c->rbuf) == 0 && c->rbuf->start == 0) {
-            reject_head(c, 431);
+            reject_head(c, 431, NULL);
             return;
         }
         if (c->rbuf && tg_buf_len(c->rbuf) == 0 && c->state == TG_CONN_IDLE) {
@@ -285,10 +334,48 @@ static void conn_read_head(tg_conn_t *c) {
     conn_process(c);
 }
 
+/* Drives a TLS listener's handshake; on success the connection waits for
+ * its first request head like a plain one. */
+static void conn_handshake(tg_conn_t *c) {
+    tg_worker_t *w = c->worker;
+    char err[256];
+    int events = 0;
+    int rc = tg_tls_handshake(c->ssl, &events, err, sizeof(err));
+    switch (rc) {
+    case TG_AGAIN:
+        tg_conn_set_events(c, events);
+        return;
+    case TG_OK:
+        c->state = TG_CONN_HEAD;
+        tg_conn_set_timer(c, w->conf->limits.header_timeout_ms);
+        tg_conn_set_events(c, EV_READ);
+        feed_pending(c);
+        return;
+    case TG_DECLINED:
+        /* Answer in plain text: the client cannot read anything else. */
+        tg_tls_free(c->ssl);
+        c->ssl = NULL;
+        c->state = TG_CONN_HEAD;
+        reject_head(c, 400, "plain HTTP request sent to the HTTPS port");
+        return;
+    case TG_DONE:
+        tg_conn_close(c);
+        return;
+    default:
+        tg_log_info("TLS handshake with %s failed: %s", c->ip, err);
+        tg_conn_close(c);
+        return;
+    }
+}
+
 static void conn_io_cb(struct ev_loop *loop, ev_io *io, int revents) {
     tg_conn_t *c = io->data;
+    if (c->state == TG_CONN_HANDSHAKE) {
+        conn_handshake(c);
+        return;
+    }
     if (revents & EV_WRITE) {
-        int rc = tg_wqueue_flush(&c->wq, c->fd);
+        int rc = tg_io_flush(&c->wq, c->fd, c->ssl);
         if (rc == TG_ERROR) {
             tg_conn_close(c);
             return;
@@ -332,6 +419,8 @@ static void conn_io_cb(struct ev_loop *loop, ev_io *io, int revents) {
             if (c->lingering) linger_read(c);
             else tg_conn_set_events(c, c->events & ~EV_READ);
             break;
+        case TG_CONN_HANDSHAKE:
+            break;
         }
     }
 }
@@ -343,8 +432,12 @@ static void conn_timer_cb(struct ev_loop *loop, ev_timer *t, int revents) {
         tg_conn_close(c);
         break;
     case TG_CONN_HEAD:
-        if (c->rbuf && tg_buf_len(c->rbuf) > 0) reject_head(c, 408);
+        if (c->rbuf && tg_buf_len(c->rbuf) > 0) reject_head(c, 408, NULL);
         else tg_conn_close(c);
+        break;
+    case TG_CONN_HANDSHAKE:
+        tg_log_info("TLS handshake with %s timed out", c->ip);
+        tg_conn_close(c);
         break;
     case TG_CONN_REQUEST:
         if (c->r) tg_request_client_timeout(c->r);
@@ -389,7 +482,7 @@ void tg_conn_request_done(tg_conn_t *c) {
 }
 
 void tg_conn_drain(tg_conn_t *c) {
-    if (c->state == TG_CONN_IDLE) {
+    if (c->state == TG_CONN_IDLE || c->state == TG_CONN_HANDSHAKE) {
         tg_conn_close(c);
         return;
     }

@@ -3,7 +3,8 @@
  * (pipelined requests are taken from the buffer one after the other), the
  * idle keep-alive state, writing with backpressure, timeouts and closing.
  *
- * States: IDLE (keep-alive, no buffer held) -> HEAD (bytes of a head are
+ * States: [HANDSHAKE (TLS listeners: until the handshake completes, within
+ * the handshake timeout) ->] IDLE (keep-alive, no buffer held) -> HEAD (bytes of a head are
  * arriving; header_timeout_ms runs) -> REQUEST (a tg_request_t owns the
  * connection's reading and writing until it calls tg_conn_request_done)
  * -> IDLE or LINGER (flushing the last response, then close).
@@ -21,6 +22,7 @@
 
 typedef enum {
     TG_CONN_IDLE = 0,
+    TG_CONN_HANDSHAKE,
     TG_CONN_HEAD,
     TG_CONN_REQUEST,
     TG_CONN_LINGER,
@@ -41,6 +43,10 @@ struct tg_conn_s {
     tg_wqueue_t      wq;
     tg_http_scan_t   scan;
     tg_request_t    *r;           /* current request, if any */
+    struct ssl_st   *ssl;         /* TLS listener: the session (tg_tls.h) */
+    void            *peer;        /* tg_tls_peer_t of the client certificate,
+                                     made at the first ask (tg_conn_peer) */
+    unsigned         peer_done:1;  /* peer was looked up (it may be NULL) */
     int              nrequests;   /* finished requests on this connection */
     unsigned         close_after:1; /* close once the current response is out */
     unsigned         lingering:1;   /* half-closed, discarding input before close */
@@ -57,6 +63,15 @@ void tg_conn_set_timer(tg_conn_t *c, int ms);
 /* Writes iov (see tg_wqueue_writev). On TG_AGAIN the connection watches
  * EV_WRITE and calls tg_request_client_writable() when drained. */
 int tg_conn_send(tg_conn_t *c, const struct iovec *iov, int iovcnt);
+
+/* Whether the client is still there, without consuming request bytes:
+ * 1 bytes are waiting, 0 it closed (or the connection failed), TG_AGAIN
+ * nothing yet. */
+int tg_conn_peek(tg_conn_t *c);
+
+/* The client certificate of a TLS connection (a tg_tls_peer_t *), or NULL
+ * when there is none. Computed once per connection; owned by it. */
+void *tg_conn_peer(tg_conn_t *c);
 
 /* Reads into c->rbuf (taking a buffer if needed, compacting when the room
  * runs out). Returns bytes read (> 0), 0 on EOF, TG_AGAIN, or TG_ERROR. */

@@ -21,11 +21,20 @@
  * thread only links the finished query into a list under a mutex and
  * ev_async_send()s the loop. Everything else happens in the loop thread.
  * Lookups of one name are shared by every callout waiting for it.
+ *
+ * https: after the connect comes a HANDSHAKE state (tg_tls.h; SNI is the
+ * host, the certificate is checked against it unless the caller turned
+ * verification off). Client contexts are made at the first https callout
+ * of a worker, one per CA file (the system bundle when none), and kept
+ * for the worker's life. Pooled connections are keyed by scheme, trust
+ * (CA and verification) and host:port, so a connection made under weaker
+ * checks never serves a callout that asked for stronger ones.
  */
 #include "tg_httpc.h"
 #include "tg_log.h"
 #include "tg_lua.h"
 #include "tg_pool.h"
+#include "tg_tls.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -42,8 +51,10 @@
 
 /* A DNS name is at most 253 characters (RFC 1035); the buffer rounds up. */
 #define TG_HTTPC_MAX_HOST        255
-/* "host:port" */
-#define TG_HTTPC_KEY_MAX         (TG_HTTPC_MAX_HOST + 8)
+/* "host:port", after "s<trust>:" for https */
+#define TG_HTTPC_KEY_MAX         (TG_HTTPC_MAX_HOST + 16)
+/* TLS client contexts per worker: the system bundle plus a few CA files. */
+#define TG_HTTPC_TLS_CTX_MAX     8
 /* Addresses kept per name: enough to fall back from ::1 to 127.0.0.1 or
  * across a few A records, without a connect storm to a dead host. */
 #define TG_HTTPC_MAX_ADDRS       4
@@ -105,8 +116,14 @@ typedef struct hconn_s {
     ev_timer        idle;
     char            key[TG_HTTPC_KEY_MAX];
     int             nrequests;
+    struct ssl_st  *ssl;             /* https */
     unsigned        reused:1;
 } hconn_t;
+
+typedef struct {
+    char              *ca_file;      /* NULL: the system bundle */
+    struct ssl_ctx_st *ctx;
+} tls_ctx_t;
 
 struct tg_httpc_s {
     tg_worker_t     *worker;
@@ -121,9 +138,11 @@ struct tg_httpc_s {
     int              closed;         /* under mu */
     int              starting;       /* inside tg_ffi_http_start */
     dns_entry_t      cache[TG_HTTPC_DNS_CACHE];
+    tls_ctx_t        tls[TG_HTTPC_TLS_CTX_MAX];
+    int              ntls;
 };
 
-enum { ST_RESOLVE = 1, ST_CONNECT, ST_EXCHANGE, ST_DONE };
+enum { ST_RESOLVE = 1, ST_CONNECT, ST_HANDSHAKE, ST_EXCHANGE, ST_DONE };
 enum { BODY_HEAD = 0, BODY_NONE, BODY_LENGTH, BODY_CHUNKED, BODY_CLOSE };
 
 struct tg_httpc_req_s {
@@ -165,11 +184,13 @@ struct tg_httpc_req_s {
     unsigned           no_pool:1;    /* next connection must be fresh */
     unsigned           reusable:1;   /* the connection may go back to the pool */
     unsigned           was_reused:1; /* the response came over a pooled connection */
+    struct ssl_ctx_st *tls_ctx;      /* https: the context to connect with */
     const char        *err;          /* static string or errbuf; NULL: success */
-    char               errbuf[96];
+    char               errbuf[192];
 };
 
 static void exchange_start(tg_httpc_req_t *req);
+static void connected(tg_httpc_req_t *req);
 static int send_more(tg_httpc_req_t *req);
 static void connect_next(tg_httpc_req_t *req);
 static void conn_io_cb(struct ev_loop *loop, ev_io *io, int revents);
@@ -194,6 +215,7 @@ static void conn_close(hconn_t *c) {
     struct ev_loop *loop = loop_of(c->hc);
     ev_io_stop(loop, &c->io);
     ev_timer_stop(loop, &c->idle);
+    tg_tls_free(c->ssl);
     close(c->fd);
     free(c);
 }
@@ -257,9 +279,10 @@ static void pool_put(hconn_t *c) {
 }
 
 /* 1 when the socket has neither EOF nor stray data waiting. */
-static int still_open(int fd) {
+static int still_open(hconn_t *c) {
     char ch;
-    ssize_t n = recv(fd, &ch, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (c->ssl && tg_tls_pending(c->ssl)) return 0;
+    ssize_t n = recv(c->fd, &ch, 1, MSG_PEEK | MSG_DONTWAIT);
     return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
 }
 
@@ -272,7 +295,7 @@ static hconn_t *pool_get(tg_httpc_t *hc, const char *key) {
         if (strcmp(c->key, key) != 0) continue;
         pool_remove(c);
         ev_timer_stop(loop_of(hc), &c->idle);
-        if (!still_open(c->fd)) {
+        if (!still_open(c)) {
             conn_close(c);
             continue;
         }
@@ -535,6 +558,45 @@ static void resolve(tg_httpc_req_t *req) {
 
 /* ---- connecting ---- */
 
+static void handshake(tg_httpc_req_t *req) {
+    hconn_t *c = req->conn;
+    char err[160];
+    int events = 0;
+    int rc = tg_tls_handshake(c->ssl, &events, err, sizeof(err));
+    if (rc == TG_AGAIN) {
+        conn_watch(c, events);
+        return;
+    }
+    if (rc == TG_OK) {
+        exchange_start(req);
+        return;
+    }
+    if (rc == TG_DONE) {
+        finish(req, "connection closed");
+        return;
+    }
+    snprintf(req->errbuf, sizeof(req->errbuf), "tls handshake failed: %s", err);
+    finish(req, req->errbuf);
+}
+
+/* The TCP connection is up: TLS first for https, then the exchange. */
+static void connected(tg_httpc_req_t *req) {
+    hconn_t *c = req->conn;
+    if (req->tls_ctx == NULL) {
+        exchange_start(req);
+        return;
+    }
+    unsigned char bin[16];
+    int ip = inet_pton(AF_INET, req->host, bin) == 1 || inet_pton(AF_INET6, req->host, bin) == 1;
+    c->ssl = tg_tls_client_new(req->tls_ctx, c->fd, req->host, ip, !(req->flags & TG_HTTPC_NO_VERIFY), NULL);
+    if (c->ssl == NULL) {
+        finish(req, "out of memory");
+        return;
+    }
+    req->state = ST_HANDSHAKE;
+    handshake(req);
+}
+
 /* Connect errors after which the next address of the name is tried. */
 static int try_next_errno(int e) {
     return e == ECONNREFUSED || e == ENETUNREACH || e == EHOSTUNREACH
@@ -566,7 +628,7 @@ static void connect_next(tg_httpc_req_t *req) {
         req->conn = conn_new(hc, fd, req->key);
         req->conn->req = req;
         if (rc == 0) {
-            exchange_start(req);
+            connected(req);
         } else {
             req->state = ST_CONNECT;
             conn_watch(req->conn, EV_WRITE);
@@ -654,6 +716,19 @@ static int stale_retry(tg_httpc_req_t *req) {
  * may be gone). */
 static int send_more(tg_httpc_req_t *req) {
     hconn_t *c = req->conn;
+    while (c->ssl && req->outoff < req->outlen) {
+        /* A retry after TG_AGAIN passes the same bytes: out is stable. */
+        int w = tg_tls_write(c->ssl, req->out + req->outoff, req->outlen - req->outoff);
+        if (w == TG_AGAIN) {
+            conn_watch(c, EV_READ | EV_WRITE);
+            return TG_OK;
+        }
+        if (w == TG_ERROR) {
+            if (!stale_retry(req)) finish(req, "connection reset");
+            return TG_DONE;
+        }
+        req->outoff += (size_t)w;
+    }
     while (req->outoff < req->outlen) {
         ssize_t n = send(c->fd, req->out + req->outoff, req->outlen - req->outoff, MSG_NOSIGNAL);
         if (n < 0) {
@@ -858,11 +933,10 @@ static void read_more(tg_httpc_req_t *req) {
             }
             want = req->rcap - req->rlen;
         }
-        ssize_t n = recv(c->fd, req->rb + req->rlen, want, 0);
+        ssize_t n = tg_io_read(c->fd, c->ssl, req->rb + req->rlen, want);
+        if (n == TG_AGAIN) return;
         if (n < 0) {
-            if (errno == EINTR) continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK) return;
-            int e = errno;
+            int e = c->ssl ? ECONNRESET : errno;
             if (req->mode == BODY_HEAD && stale_retry(req)) return;
             fail_errno(req, e);
             return;
@@ -875,6 +949,9 @@ static void read_more(tg_httpc_req_t *req) {
         req->rlen += (size_t)n;
         if (process(req) != TG_AGAIN) return;
     }
+    /* Out of reads for this event with plaintext still inside the SSL:
+     * the socket may be empty, so come back on the next turn ourselves. */
+    if (c->ssl && tg_tls_pending(c->ssl)) ev_feed_event(loop_of(req->hc), &c->io, EV_READ);
 }
 
 static void conn_io_cb(struct ev_loop *loop, ev_io *io, int revents) {
@@ -898,7 +975,11 @@ static void conn_io_cb(struct ev_loop *loop, ev_io *io, int revents) {
             else fail_errno(req, err);
             return;
         }
-        exchange_start(req);
+        connected(req);
+        return;
+    }
+    if (req->state == ST_HANDSHAKE) {
+        handshake(req);
         return;
     }
     /* EXCHANGE: the answer may come before the request is all written. */
@@ -908,10 +989,34 @@ static void conn_io_cb(struct ev_loop *loop, ev_io *io, int revents) {
 
 /* ---- FFI ---- */
 
+/* The worker's client context for ca_file (NULL: the system bundle), made
+ * at first use; NULL with the reason in err. */
+static struct ssl_ctx_st *tls_ctx_for(tg_httpc_t *hc, const char *ca_file, int *index,
+                                      char *err, size_t errlen) {
+    for (int i = 0; i < hc->ntls; i++) {
+        const char *f = hc->tls[i].ca_file;
+        if ((f == NULL && ca_file == NULL) || (f && ca_file && strcmp(f, ca_file) == 0)) {
+            *index = i;
+            return hc->tls[i].ctx;
+        }
+    }
+    if (hc->ntls == TG_HTTPC_TLS_CTX_MAX) {
+        snprintf(err, errlen, "too many different ca_file values (at most %d)", TG_HTTPC_TLS_CTX_MAX - 1);
+        return NULL;
+    }
+    struct ssl_ctx_st *ctx = tg_tls_client_ctx_new(ca_file, err, errlen);
+    if (ctx == NULL) return NULL;
+    hc->tls[hc->ntls].ca_file = ca_file ? tg_xstrdup(ca_file) : NULL;
+    hc->tls[hc->ntls].ctx = ctx;
+    *index = hc->ntls++;
+    return ctx;
+}
+
 tg_httpc_req_t *tg_ffi_http_start(const char *host, size_t hlen, int port,
                                   const char *head, size_t headlen,
                                   const char *body, size_t bodylen,
-                                  int flags, int timeout_ms, double max_body) {
+                                  int flags, int timeout_ms, double max_body,
+                                  const char *ca_file) {
     tg_worker_t *w = tg_lua_worker();
     if (w == NULL || w->httpc == NULL) return NULL;
     tg_lua_wait_t *wt = tg_lua_wait_begin();
@@ -936,12 +1041,20 @@ tg_httpc_req_t *tg_ffi_http_start(const char *host, size_t hlen, int port,
 
     int saved = hc->starting;
     hc->starting = 1;
+    int trust = 0;
     if (hlen == 0 || hlen > TG_HTTPC_MAX_HOST || memchr(host, '\0', hlen) || port <= 0 || port > 65535) {
         finish(req, "invalid host");
+    } else if ((flags & TG_HTTPC_TLS)
+               && (req->tls_ctx = tls_ctx_for(hc, ca_file, &trust, req->errbuf, sizeof(req->errbuf))) == NULL) {
+        finish(req, req->errbuf);
     } else {
         memcpy(req->host, host, hlen);
         req->host[hlen] = '\0';
-        snprintf(req->key, sizeof(req->key), "%s:%d", req->host, port);
+        if (flags & TG_HTTPC_TLS)
+            snprintf(req->key, sizeof(req->key), "s%c%d:%s:%d", (flags & TG_HTTPC_NO_VERIFY) ? 'n' : 'v',
+                     trust, req->host, port);
+        else
+            snprintf(req->key, sizeof(req->key), "%s:%d", req->host, port);
         begin(req);
     }
     hc->starting = saved;
@@ -995,6 +1108,11 @@ void tg_httpc_free(tg_httpc_t *hc) {
         conn_close(c);
     }
     ev_prepare_stop(loop, &hc->reap);
+    for (int i = 0; i < hc->ntls; i++) {
+        tg_tls_ctx_free(hc->tls[i].ctx);
+        free(hc->tls[i].ca_file);
+    }
+    hc->ntls = 0;
     ev_ref(loop);
     ev_async_stop(loop, &hc->dns_async);
     pthread_mutex_lock(&hc->mu);

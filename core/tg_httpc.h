@@ -40,6 +40,8 @@ void tg_httpc_free(tg_httpc_t *hc);
 #define TG_HTTPC_HEAD       0x1   /* HEAD request: the response has no body */
 #define TG_HTTPC_KEEPALIVE  0x2   /* take from and return to the pool */
 #define TG_HTTPC_IDEMPOTENT 0x4   /* may be replayed once after a stale pooled connection */
+#define TG_HTTPC_TLS        0x8   /* https: TLS to the server */
+#define TG_HTTPC_NO_VERIFY  0x10  /* https without checking the certificate */
 
 /*
  * FFI (lua/tollgate/http.lua). tg_ffi_http_start() begins a callout for the
@@ -49,7 +51,10 @@ void tg_httpc_free(tg_httpc_t *hc);
  * (header_filter, body_filter, init_worker): nothing was started.
  * host is a DNS name or a numeric IPv4/IPv6 address (no brackets); head is
  * the complete request head, body the bytes after it (both copied).
- * timeout_ms bounds resolve + connect + send + read; max_body bounds the
+ * With TG_HTTPC_TLS the exchange runs over TLS (SNI = host), verified
+ * against ca_file (NULL: the system CA bundle) unless TG_HTTPC_NO_VERIFY;
+ * a failed handshake is "tls handshake failed: <reason>".
+ * timeout_ms bounds resolve + connect + handshake + send + read; max_body bounds the
  * response body. Errors surface as strings (tg_ffi_http_error): "timeout",
  * "connection refused", "connection reset", "connection closed", "invalid
  * response", "response too large", "could not resolve host", ...
@@ -57,7 +62,8 @@ void tg_httpc_free(tg_httpc_t *hc);
 tg_httpc_req_t *tg_ffi_http_start(const char *host, size_t hlen, int port,
                                   const char *head, size_t headlen,
                                   const char *body, size_t bodylen,
-                                  int flags, int timeout_ms, double max_body);
+                                  int flags, int timeout_ms, double max_body,
+                                  const char *ca_file);
 /* NULL when a response was received, else the error. */
 const char *tg_ffi_http_error(const tg_httpc_req_t *h);
 int tg_ffi_http_status(const tg_httpc_req_t *h);

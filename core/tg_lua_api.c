@@ -12,6 +12,7 @@
 #include "tg_conn.h"
 #include "tg_log.h"
 #include "tg_response.h"
+#include "tg_tls.h"
 #include "tg_upstream.h"
 
 #include <stdio.h>
@@ -45,6 +46,21 @@ const tg_str_t *tg_ffi_req_upstream_uri(tg_request_t *r) { return &r->upstream_u
 const char *tg_ffi_req_client_ip(tg_request_t *r) { return r->client_ip; }
 const char *tg_ffi_req_host(tg_request_t *r) { return r->host; }
 int tg_ffi_req_port(tg_request_t *r) { return r->local_port; }
+int tg_ffi_req_https(tg_request_t *r) { return r->https; }
+
+/* The verified client certificate (mTLS listeners) as four strings:
+ * subject, issuer, serial, SHA-256 fingerprint; owned by the connection.
+ * 0 when there is none, or the connection is already gone. */
+int tg_ffi_req_client_cert(tg_request_t *r, const char **out) {
+    if (r->conn == NULL) return 0;
+    const tg_tls_peer_t *p = tg_conn_peer(r->conn);
+    if (p == NULL) return 0;
+    out[0] = p->subject;
+    out[1] = p->issuer;
+    out[2] = p->serial;
+    out[3] = p->fingerprint_sha256;
+    return 1;
+}
 int tg_ffi_req_http_minor(tg_request_t *r) { return r->http->http_minor; }
 const char *tg_ffi_req_route_name(tg_request_t *r) { return r->route ? r->route->name : NULL; }
 double tg_ffi_req_start_time(tg_request_t *r) { return r->start; }

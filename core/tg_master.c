@@ -346,7 +346,8 @@ int tg_master_run(const char *conf_path, tg_conf_t *conf) {
     sigprocmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
 
-    for (int i = 0; i < conf->nlistens; i++) tg_log_notice("listening on %s", m->listens[i].text);
+    for (int i = 0; i < conf->nlistens; i++)
+        tg_log_notice("listening on %s%s", m->listens[i].text, conf->listens[i].tls ? " (TLS)" : "");
     if (conf->admin) tg_log_notice("admin API on %s", m->admin.text);
     spawn_generation(m);
 

@@ -21,11 +21,17 @@
  * body to replay. A pooled connection that turns out closed before any
  * response byte is replayed once on a fresh connection without counting as
  * a failure: that is the keep-alive race every proxy has to absorb.
+ *
+ * https targets: CONNECTING also covers the TLS handshake (connect_ms
+ * bounds both, as nginx's proxy_connect_timeout does); a failed handshake
+ * or certificate check is a connect failure (502, retried elsewhere, the
+ * reason logged). Everything after it goes through tg_io_*().
  */
 #include "tg_proxy.h"
 #include "tg_conn.h"
 #include "tg_log.h"
 #include "tg_response.h"
+#include "tg_tls.h"
 #include "tg_upstream.h"
 
 #include <errno.h>
@@ -49,6 +55,7 @@ static const char CRLF[] = "\r\n";
 static const char LAST_CHUNK[] = "0\r\n\r\n";
 
 static void attempt(tg_request_t *r);
+static void start_exchange(tg_request_t *r);
 static void upstream_io_cb(struct ev_loop *loop, ev_io *io, int revents);
 static void upstream_timer_cb(struct ev_loop *loop, ev_timer *t, int revents);
 static void pump_up(tg_request_t *r);
@@ -58,6 +65,13 @@ static void tunnel_pump(tg_request_t *r);
 
 static double now_of(tg_request_t *r) { return ev_now(r->worker->loop); }
 
+/* Decrypted response bytes waiting inside the SSL do not make the socket
+ * readable: while reads are watched, deliver them as a read event. */
+static void up_feed_pending(tg_upconn_t *uc) {
+    if (uc->ssl && ev_is_active(&uc->io) && (uc->io.events & EV_READ) && tg_tls_pending(uc->ssl))
+        ev_feed_event(uc->u->worker->loop, &uc->io, EV_READ);
+}
+
 static void up_events(tg_upconn_t *uc, int events) {
     struct ev_loop *loop = uc->u->worker->loop;
     if (ev_is_active(&uc->io) && (uc->io.events & (EV_READ | EV_WRITE)) == events) return;
@@ -65,6 +79,7 @@ static void up_events(tg_upconn_t *uc, int events) {
     if (events) {
         ev_io_set(&uc->io, uc->fd, events);
         ev_io_start(loop, &uc->io);
+        up_feed_pending(uc);
     }
 }
 
@@ -224,7 +239,8 @@ static size_t build_request_head(tg_request_t *r, char **out) {
     PUT(r->client_ip, strlen(r->client_ip));
     PUTS("\r\nX-Real-IP: ");
     PUT(r->client_ip, strlen(r->client_ip));
-    PUTS("\r\nX-Forwarded-Proto: http\r\n");
+    if (r->https) PUTS("\r\nX-Forwarded-Proto: https\r\n");
+    else PUTS("\r\nX-Forwarded-Proto: http\r\n");
     if (h->host.len) {
         PUTS("X-Forwarded-Host: ");
         PUT(h->host.p, h->host.len);
@@ -258,6 +274,25 @@ static size_t build_request_head(tg_request_t *r, char **out) {
 
 /* ---- attempts ---- */
 
+/* Advances an https target's handshake; starts the exchange when done. */
+static void handshake(tg_request_t *r) {
+    tg_upconn_t *uc = r->uc;
+    char err[256], what[300];
+    int events = 0;
+    int rc = tg_upstream_handshake(uc, &events, err, sizeof(err));
+    if (rc == TG_AGAIN) {
+        up_events(uc, events);
+        return;
+    }
+    if (rc != TG_OK) {
+        snprintf(what, sizeof(what), "TLS handshake failed: %s", err);
+        attempt_failed(r, 502, what, FAIL_CONNECT);
+        return;
+    }
+    up_timer(uc, 0);
+    start_exchange(r);
+}
+
 static void start_exchange(tg_request_t *r) {
     tg_upconn_t *uc = r->uc;
     char *head;
@@ -273,7 +308,7 @@ static void start_exchange(tg_request_t *r) {
     }
     uc->nrequests++;
     r->proxy_state = PX_SENDING;
-    if (tg_wqueue_writev(&uc->wq, uc->fd, iov, iovcnt) == TG_ERROR) {
+    if (tg_io_writev(&uc->wq, uc->fd, uc->ssl, iov, iovcnt) == TG_ERROR) {
         attempt_failed(r, 502, "reset the connection", FAIL_CLOSED);
         return;
     }
@@ -331,6 +366,12 @@ static void attempt(tg_request_t *r) {
         up_timer(uc, ucf->connect_ms);
         return;
     }
+    if (uc->handshaking) {
+        r->proxy_state = PX_CONNECTING;
+        up_timer(uc, ucf->connect_ms);
+        handshake(r);
+        return;
+    }
     start_exchange(r);
 }
 
@@ -363,7 +404,7 @@ static int upstream_sink(tg_request_t *r, const char *data, size_t len, int last
     }
     if (last) r->up_body_sent = 1;
     if (n == 0) return TG_OK;
-    int rc = tg_wqueue_writev(&uc->wq, uc->fd, iov, n);
+    int rc = tg_io_writev(&uc->wq, uc->fd, uc->ssl, iov, n);
     if (rc == TG_ERROR) {
         attempt_failed(r, 502, "reset the connection while receiving the body", FAIL_CLOSED);
         return TG_ERROR;
@@ -426,9 +467,8 @@ void tg_proxy_client_readable(tg_request_t *r) {
         /* Readable while we wait for or stream the response: either the
          * client went away (then the upstream work is abandoned, as nginx
          * does) or it pipelined its next request (left queued). */
-        char c1;
-        ssize_t n = recv(r->conn->fd, &c1, 1, MSG_PEEK | MSG_DONTWAIT);
-        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+        int n = tg_conn_peek(r->conn);
+        if (n == 0) {
             tg_log_write(TG_LOG_INFO, r->request_id, "client %s closed the connection while waiting for the response",
                          r->client_ip);
             tg_conn_close(r->conn);
@@ -464,17 +504,12 @@ static ssize_t read_upstream(tg_request_t *r) {
     if (tg_buf_len(b) == 0) b->start = b->end = 0;
     if (tg_buf_room(b) == 0) tg_buf_compact(b);
     if (tg_buf_room(b) == 0) return TG_AGAIN;
-    for (;;) {
-        ssize_t n = read(uc->fd, b->data + b->end, tg_buf_room(b));
-        if (n > 0) {
-            b->end += (size_t)n;
-            return n;
-        }
-        if (n == 0) return 0;
-        if (errno == EINTR) continue;
-        if (errno == EAGAIN || errno == EWOULDBLOCK) return TG_AGAIN;
-        return TG_ERROR;
+    ssize_t n = tg_io_read(uc->fd, uc->ssl, b->data + b->end, tg_buf_room(b));
+    if (n > 0) {
+        b->end += (size_t)n;
+        up_feed_pending(uc);
     }
+    return n;
 }
 
 static int connection_lists_resp(const tg_http_response_t *resp, tg_str_t name) {
@@ -784,7 +819,7 @@ static void tunnel_pump(tg_request_t *r) {
             if (b && tg_buf_len(b)) {
                 struct iovec iov = { b->data + b->start, tg_buf_len(b) };
                 b->start = b->end = 0;
-                if (tg_wqueue_writev(&uc->wq, uc->fd, &iov, 1) == TG_ERROR) { tunnel_end(r); return; }
+                if (tg_io_writev(&uc->wq, uc->fd, uc->ssl, &iov, 1) == TG_ERROR) { tunnel_end(r); return; }
                 progress = 1;
             } else {
                 ssize_t n = tg_conn_read(c);
@@ -819,10 +854,14 @@ static void upstream_io_cb(struct ev_loop *loop, ev_io *io, int revents) {
     tg_request_t *r = uc->data;
     switch (r->proxy_state) {
     case PX_CONNECTING:
-        if (tg_upstream_connect_finish(uc) != TG_OK) {
+        if (!uc->connected && tg_upstream_connect_finish(uc) != TG_OK) {
             char what[128];
             snprintf(what, sizeof(what), "connect failed: %s", strerror(errno));
             attempt_failed(r, 502, what, FAIL_CONNECT);
+            return;
+        }
+        if (uc->handshaking) {
+            handshake(r);
             return;
         }
         up_timer(uc, 0);
@@ -831,7 +870,7 @@ static void upstream_io_cb(struct ev_loop *loop, ev_io *io, int revents) {
     case PX_SENDING:
     case PX_WAIT_RESP:
         if (revents & EV_WRITE) {
-            int rc = tg_wqueue_flush(&uc->wq, uc->fd);
+            int rc = tg_io_flush(&uc->wq, uc->fd, uc->ssl);
             if (rc == TG_ERROR) {
                 attempt_failed(r, 502, "reset the connection while receiving the request", FAIL_CLOSED);
                 return;
@@ -850,7 +889,7 @@ static void upstream_io_cb(struct ev_loop *loop, ev_io *io, int revents) {
         return;
     case PX_TUNNEL:
         if (revents & EV_WRITE) {
-            if (tg_wqueue_flush(&uc->wq, uc->fd) == TG_ERROR) { tunnel_end(r); return; }
+            if (tg_io_flush(&uc->wq, uc->fd, uc->ssl) == TG_ERROR) { tunnel_end(r); return; }
         }
         tunnel_pump(r);
         return;
@@ -862,7 +901,8 @@ static void upstream_timer_cb(struct ev_loop *loop, ev_timer *t, int revents) {
     tg_request_t *r = uc->data;
     switch (r->proxy_state) {
     case PX_CONNECTING:
-        attempt_failed(r, 504, "timed out connecting", FAIL_CONNECT);
+        attempt_failed(r, 504, uc->connected ? "timed out in the TLS handshake" : "timed out connecting",
+                       FAIL_CONNECT);
         return;
     case PX_SENDING:
         attempt_failed(r, 504, "timed out receiving the request", FAIL_TIMEOUT);

@@ -1,14 +1,18 @@
 /*
  * tg_upstream.c: upstream connections and their per-target pools (see
- * tg_upstream.h).
+ * tg_upstream.h). An https target's connection carries its SSL through the
+ * pool, so a reused connection skips the handshake; a new one offers the
+ * target's last session for an abbreviated handshake.
  */
 #include "tg_upstream.h"
 #include "tg_log.h"
 #include "tg_pool.h"
+#include "tg_tls.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/tcp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -38,6 +42,7 @@ void tg_upstream_close_idle(tg_upstream_t *u) {
 void tg_upstream_free(tg_upstream_t *u) {
     if (u->pools == NULL) return;
     tg_upstream_close_idle(u);
+    for (int i = 0; i < u->conf->ntargets; i++) tg_tls_session_free(u->pools[i].tls_session);
     free(u->pools);
     u->pools = NULL;
     tg_balancer_free(&u->balancer);
@@ -47,6 +52,7 @@ void tg_upstream_conn_close(tg_upconn_t *uc) {
     struct ev_loop *loop = uc->u->worker->loop;
     ev_io_stop(loop, &uc->io);
     ev_timer_stop(loop, &uc->timer);
+    tg_tls_free(uc->ssl);
     if (uc->fd >= 0) close(uc->fd);
     tg_buf_put(&uc->u->worker->bufs, uc->buf);
     tg_wqueue_reset(&uc->wq);
@@ -72,7 +78,8 @@ void tg_upstream_pool_put(tg_upconn_t *uc) {
     tg_worker_t *w = u->worker;
     tg_upstream_pool_t *p = &u->pools[uc->target];
     if (w->draining || u->conf->keepalive <= 0
-        || uc->nrequests >= u->conf->keepalive_requests) {
+        || uc->nrequests >= u->conf->keepalive_requests
+        || (uc->ssl && tg_tls_pending(uc->ssl))) {   /* bytes nobody asked for */
         tg_upstream_conn_close(uc);
         return;
     }
@@ -100,9 +107,10 @@ void tg_upstream_pool_put(tg_upconn_t *uc) {
 }
 
 /* 1 when the socket has neither EOF nor stray data waiting. */
-static int still_open(int fd) {
+static int still_open(tg_upconn_t *uc) {
     char c;
-    ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (uc->ssl && tg_tls_pending(uc->ssl)) return 0;
+    ssize_t n = recv(uc->fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
     return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
 }
 
@@ -114,7 +122,7 @@ tg_upconn_t *tg_upstream_pool_get(tg_upstream_t *u, int i) {
         p->nidle--;
         ev_io_stop(u->worker->loop, &uc->io);
         ev_timer_stop(u->worker->loop, &uc->timer);
-        if (!still_open(uc->fd)) {
+        if (!still_open(uc)) {
             tg_upstream_conn_close(uc);
             continue;
         }
@@ -143,6 +151,17 @@ tg_upconn_t *tg_upstream_connect(tg_upstream_t *u, int i) {
     uc->target = i;
     uc->fd = fd;
     uc->connected = rc == 0;
+    if (t->tls) {
+        uc->ssl = tg_tls_client_new(u->conf->tls_ctx, fd, t->tls_name, t->tls_name_ip, 1,
+                                    &u->pools[i].tls_session);
+        if (uc->ssl == NULL) {
+            close(fd);
+            free(uc);
+            errno = ENOMEM;
+            return NULL;
+        }
+        uc->handshaking = 1;
+    }
     ev_init(&uc->io, NULL);
     ev_init(&uc->timer, NULL);
     return uc;
@@ -158,4 +177,15 @@ int tg_upstream_connect_finish(tg_upconn_t *uc) {
     }
     uc->connected = 1;
     return TG_OK;
+}
+
+int tg_upstream_handshake(tg_upconn_t *uc, int *events, char *err, size_t errlen) {
+    int rc = tg_tls_handshake(uc->ssl, events, err, errlen);
+    if (rc == TG_OK) {
+        uc->handshaking = 0;
+        return TG_OK;
+    }
+    if (rc == TG_AGAIN) return TG_AGAIN;
+    if (rc == TG_DONE) snprintf(err, errlen, "the server closed the connection");
+    return TG_ERROR;
 }

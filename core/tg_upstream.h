@@ -29,7 +29,9 @@ typedef struct tg_upconn_s {
     tg_wqueue_t     wq;         /* request bytes the socket did not take */
     tg_buf_t       *buf;        /* response read buffer while in use */
     int             nrequests;  /* requests sent on this connection */
+    struct ssl_st  *ssl;        /* https target: the TLS session (tg_tls.h) */
     unsigned        connected:1;
+    unsigned        handshaking:1; /* TLS handshake not finished yet */
     unsigned        reused:1;   /* came from the pool for this request */
     void           *data;       /* the request using it */
 } tg_upconn_t;
@@ -37,6 +39,8 @@ typedef struct tg_upconn_s {
 typedef struct {
     tg_link_t idle;             /* most recently used first */
     int       nidle;
+    void     *tls_session;      /* https: the last session the target issued,
+                                   offered for resumption (SSL_SESSION *) */
 } tg_upstream_pool_t;
 
 struct tg_upstream_s {
@@ -66,8 +70,13 @@ void tg_upstream_pool_put(tg_upconn_t *uc);
  * or NULL with errno set when it failed immediately. The caller starts the
  * watchers with its own callbacks. */
 tg_upconn_t *tg_upstream_connect(tg_upstream_t *u, int i);
-/* Completes a connect after writability: TG_OK or TG_ERROR (errno set). */
+/* Completes a connect after writability: TG_OK or TG_ERROR (errno set).
+ * For an https target the TLS handshake follows (handshaking is set). */
 int tg_upstream_connect_finish(tg_upconn_t *uc);
+/* Advances the TLS handshake of an https target (see tg_tls_handshake):
+ * TG_OK (handshaking cleared), TG_AGAIN (wait for *events) or TG_ERROR with
+ * the reason in err. */
+int tg_upstream_handshake(tg_upconn_t *uc, int *events, char *err, size_t errlen);
 
 /* Stops the watchers and closes the socket; frees the connection. */
 void tg_upstream_conn_close(tg_upconn_t *uc);

@@ -154,6 +154,11 @@ int tg_worker_run(tg_conf_t *conf, int slot, unsigned generation,
         ls->fd = i < conf->nlistens ? listen_fds[i] : admin_fd;
         ls->admin = i >= conf->nlistens;
         ls->port = local_port(ls->fd);
+        if (!ls->admin) {
+            ls->tls_ctx = conf->listens[i].tls_ctx;
+            ls->redirect_https = conf->listens[i].redirect_https;
+            ls->https_port = conf->listens[i].https_port;
+        }
         ev_io_init(&ls->io, tg_conn_accept_cb, ls->fd, EV_READ);
         ls->io.data = ls;
         ev_io_start(w->loop, &ls->io);

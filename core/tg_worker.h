@@ -32,6 +32,9 @@ typedef struct {
     ev_io        io;
     uint16_t     port;        /* local port, for route narrowing */
     unsigned     admin:1;     /* serves the admin API, not routes */
+    unsigned     redirect_https:1; /* answers every request with a 301 to https */
+    uint16_t     https_port;  /* where redirect_https points */
+    struct ssl_ctx_st *tls_ctx; /* TLS listener: its context (the config's) */
 } tg_listener_t;
 
 /* Intrusive doubly linked list of connections (for draining). */

@@ -68,7 +68,17 @@ end
 function request.get_client_ip() return ffi_string(C.tg_ffi_req_client_ip(req("tg.request.get_client_ip", ANY))) end
 function request.get_host() return ffi_string(C.tg_ffi_req_host(req("tg.request.get_host", ANY))) end
 function request.get_port() return C.tg_ffi_req_port(req("tg.request.get_port", ANY)) end
-function request.get_scheme() req("tg.request.get_scheme", ANY) return "http" end
+function request.get_scheme()
+  return C.tg_ffi_req_https(req("tg.request.get_scheme", ANY)) == 1 and "https" or "http"
+end
+-- The verified client certificate of an mTLS listener, or nil. The out
+-- array is reused: nothing yields between the call and the copies.
+local cert_out = ffi_new("const char *[4]")
+function request.get_client_cert()
+  if C.tg_ffi_req_client_cert(req("tg.request.get_client_cert", ANY), cert_out) == 0 then return nil end
+  return { subject = ffi_string(cert_out[0]), issuer = ffi_string(cert_out[1]),
+           serial = ffi_string(cert_out[2]), fingerprint_sha256 = ffi_string(cert_out[3]) }
+end
 function request.get_http_version()
   return C.tg_ffi_req_http_minor(req("tg.request.get_http_version", ANY)) == 0 and 1.0 or 1.1
 end

@@ -15,6 +15,8 @@ const tg_str_t *tg_ffi_req_upstream_uri(tg_request_t *r);
 const char *tg_ffi_req_client_ip(tg_request_t *r);
 const char *tg_ffi_req_host(tg_request_t *r);
 int tg_ffi_req_port(tg_request_t *r);
+int tg_ffi_req_https(tg_request_t *r);
+int tg_ffi_req_client_cert(tg_request_t *r, const char **out);
 int tg_ffi_req_http_minor(tg_request_t *r);
 const char *tg_ffi_req_route_name(tg_request_t *r);
 double tg_ffi_req_start_time(tg_request_t *r);

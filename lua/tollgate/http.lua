@@ -5,9 +5,10 @@
 -- result into a table. The calling coroutine yields while the worker's
 -- loop does the I/O, so other requests are served meanwhile.
 --
---   local res, err = tg.http.request{ method = "GET", url = "http://...",
+--   local res, err = tg.http.request{ method = "GET", url = "http(s)://...",
 --     headers = {...}, body = "...", timeout_ms = 5000,
---     max_body_bytes = 10485760, keepalive = true }
+--     max_body_bytes = 10485760, keepalive = true,
+--     ssl_verify = true, ca_file = nil }      -- https: verification, CA file
 --   res = { status = 200, headers = { ["content-type"] = "..." }, body = "...",
 --           reused = false }
 --
@@ -40,7 +41,8 @@ typedef struct tg_httpc_req_s tg_httpc_req_t;
 tg_httpc_req_t *tg_ffi_http_start(const char *host, size_t hlen, int port,
                                   const char *head, size_t headlen,
                                   const char *body, size_t bodylen,
-                                  int flags, int timeout_ms, double max_body);
+                                  int flags, int timeout_ms, double max_body,
+                                  const char *ca_file);
 const char *tg_ffi_http_error(const tg_httpc_req_t *h);
 int tg_ffi_http_status(const tg_httpc_req_t *h);
 const tg_http_header_t *tg_ffi_http_headers(const tg_httpc_req_t *h, int *n);
@@ -52,7 +54,7 @@ void tg_ffi_http_free(tg_httpc_req_t *h);
 local _M = {}
 
 -- Flags of tg_ffi_http_start (core/tg_httpc.h).
-local F_HEAD, F_KEEPALIVE, F_IDEMPOTENT = 1, 2, 4
+local F_HEAD, F_KEEPALIVE, F_IDEMPOTENT, F_TLS, F_NO_VERIFY = 1, 2, 4, 8, 16
 
 local DEFAULT_TIMEOUT_MS = 5000
 local DEFAULT_MAX_BODY = 10 * 1024 * 1024
@@ -88,8 +90,11 @@ local function parse_url(url)
   local scheme, rest = match(url, "^(%a[%w+.-]*)://(.*)$")
   if not scheme then return nil, "invalid url" end
   scheme = lower(scheme)
-  if scheme == "https" then return nil, "https not supported yet" end
-  if scheme ~= "http" then return nil, "unsupported url scheme \"" .. scheme .. "\"" end
+  if scheme ~= "http" and scheme ~= "https" then
+    return nil, "unsupported url scheme \"" .. scheme .. "\""
+  end
+  local tls = scheme == "https"
+  local default_port = tls and 443 or 80
   local authority, target = match(rest, "^([^/?#]*)(.*)$")
   target = gsub(target, "#.*$", "")
   if target == "" then
@@ -110,15 +115,15 @@ local function parse_url(url)
   end
   if not host then return nil, "invalid url" end
   if port == "" then
-    port = 80
+    port = default_port
   else
     port = tonumber(match(port, "^:(%d+)$"))
     if not port or port < 1 or port > 65535 then return nil, "invalid url" end
   end
   host = lower(host)
   local hh = bracketed and ("[" .. host .. "]") or host
-  if port ~= 80 then hh = hh .. ":" .. port end
-  u = { host = host, port = port, target = target, host_header = hh }
+  if port ~= default_port then hh = hh .. ":" .. port end
+  u = { host = host, port = port, target = target, host_header = hh, tls = tls }
   if url_cache_n >= URL_CACHE_MAX then url_cache, url_cache_n = {}, 0 end
   url_cache[url] = u
   url_cache_n = url_cache_n + 1
@@ -187,6 +192,14 @@ function _M.request(opts)
   if keepalive == nil then keepalive = true end
   if type(keepalive) ~= "boolean" then error("tg.http.request: keepalive must be a boolean", 2) end
 
+  local ssl_verify = opts.ssl_verify
+  if ssl_verify == nil then ssl_verify = true end
+  if type(ssl_verify) ~= "boolean" then error("tg.http.request: ssl_verify must be a boolean", 2) end
+  local ca_file = opts.ca_file
+  if ca_file ~= nil and (type(ca_file) ~= "string" or ca_file == "" or find(ca_file, "%z")) then
+    error("tg.http.request: ca_file must be a file path", 2)
+  end
+
   local u, uerr = parse_url(url)
   if not u then return nil, uerr end
 
@@ -235,9 +248,14 @@ function _M.request(opts)
   if method == "HEAD" then flags = flags + F_HEAD end
   if keepalive then flags = flags + F_KEEPALIVE end
   if IDEMPOTENT[method] then flags = flags + F_IDEMPOTENT end
+  if u.tls then
+    flags = flags + F_TLS
+    if not ssl_verify then flags = flags + F_NO_VERIFY end
+  end
 
   local h = C.tg_ffi_http_start(u.host, #u.host, u.port, head, #head,
-                                body, body and #body or 0, flags, timeout_ms, max_body)
+                                body, body and #body or 0, flags, timeout_ms, max_body,
+                                u.tls and ca_file or nil)
   if h == nil then
     error("tg.http.request: not available in " .. (phase and ("phase " .. phase) or "this context"), 2)
   end

@@ -344,14 +344,39 @@ static const struct {
     { "listen: []\n", "listen: expected at least one \"host:port\"" },
     { "listen: \"127.0.0.1:8080\"\n", "listen: expected a list" },
     { "listen: [\"127.0.0.1:8080\", \"127.0.0.1:8443 ssl\"]\n",
-      "listen[1]: invalid address \"127.0.0.1:8443 ssl\": expected host:port (nothing may follow it; TLS listeners are not supported yet)" },
+      "listen[1]: a TLS listener needs certificates (tls.certificates)" },
+    { "listen: [\"127.0.0.1:8443 tls\"]\n",
+      "listen[0]: unknown listen option \"tls\" in \"127.0.0.1:8443 tls\" (expected \"host:port\" or \"host:port ssl\")" },
+    { "listen: [ { address: \"127.0.0.1:8443\", tls: true } ]\n",
+      "listen[0]: a TLS listener needs certificates (tls.certificates)" },
+    { "listen: [ { address: \"127.0.0.1:8443\", tls: true, redirect_https: true } ]\n",
+      "listen[0].redirect_https: only a plain (non-TLS) listener can redirect to https" },
+    { "listen: [ { address: \"127.0.0.1:8080\", client_ca: ca.pem } ]\n",
+      "listen[0].client_ca: client certificates need \"tls: true\"" },
+    { "listen: [ { address: \"127.0.0.1:8080\", a: 1 } ]\n", "listen[0].a: unknown key" },
+    { "listen: [ { tls: true } ]\n", "listen[0]: missing \"address\"" },
+    { L "admin: { listen: \"127.0.0.1:9901 ssl\" }\n",
+      "admin.listen: invalid address \"127.0.0.1:9901 ssl\": expected host:port (nothing may follow it)" },
     { "listen: [\"127.0.0.1\"]\n", "listen[0]: invalid address \"127.0.0.1\": expected host:port" },
     { "listen: [\"127.0.0.1:0\"]\n", "listen[0]: invalid port in \"127.0.0.1:0\" (expected 1-65535)" },
     { "listen: [\"::1:8080\"]\n", "listen[0]: IPv6 addresses must be in brackets, like \"[::1]:8080\"" },
     { "listen: [\"[::1:8080\"]\n", "listen[0]: missing \"]\" in \"[::1:8080\"" },
     { "listen: [\"[zz]:8080\"]\n", "listen[0]: cannot resolve \"zz\": Name or service not known" },
     { "listen: [\"127.0.0.1:8080\", \"127.0.0.1:8080\"]\n", "listen[1]: \"127.0.0.1:8080\" is listed twice" },
-    { "listen: [ { a: 1 } ]\n", "listen[0]: expected a string" },
+    { "listen: [ [a] ]\n", "listen[0]: expected \"host:port\" or a map with \"address\"" },
+    /* tls */
+    { L "tls: { protocols: [TLSv1.1] }\n",
+      "tls.protocols[0]: \"TLSv1.1\" is not supported: it is insecure (expected TLSv1.2 or TLSv1.3)" },
+    { L "tls: { protocols: [TLSv9] }\n", "tls.protocols[0]: unknown protocol \"TLSv9\" (expected TLSv1.2 or TLSv1.3)" },
+    { L "tls: { protocols: [] }\n", "tls.protocols: expected at least one of TLSv1.2, TLSv1.3" },
+    { L "tls: { certificates: [] }\n", "tls.certificates: expected at least one { cert, key }" },
+    { L "tls: { certificates: [ { cert: a.crt } ] }\n", "tls.certificates[0]: missing \"key\"" },
+    { L "tls: { verify_client: required }\n",
+      "tls.verify_client: needs \"client_ca\" (the CA that signs client certificates)" },
+    { L "tls: { verify_client: maybe }\n", "tls.verify_client: expected one of required, optional, off" },
+    { L "tls: { session_tickets: 2 }\n", "tls.session_tickets: expected true or false" },
+    { L "tls: { handshake_timeout_ms: 0 }\n", "tls.handshake_timeout_ms: expected a positive integer" },
+    { L "tls: { certificate: [] }\n", "tls.certificate: unknown key" },
     /* admin, logs */
     { L "admin: { listen: \"127.0.0.1:8080\" }\n", "admin.listen: \"127.0.0.1:8080\" is already used by listen[0]" },
     { L "admin: {}\n", "admin: missing \"listen\"" },
@@ -388,14 +413,22 @@ static const struct {
     { L "shared_dicts: [a]\n", "shared_dicts: expected a map of name: size" },
     /* upstreams */
     { L "upstreams: [a]\n", "upstreams: expected a map of upstream name: upstream" },
-    { UP("{ targets: [ { url: \"https://127.0.0.1:443\" } ] }"),
-      "upstreams.u.targets[0].url: https targets come with TLS support" },
+    { UP("{ targets: [ { url: \"http://127.0.0.1\" } ], tls: { verify: false } }"),
+      "upstreams.u.tls: no target is https:// (TLS settings would be ignored)" },
+    { UP("{ targets: [ { url: \"https://127.0.0.1\" } ], tls: { client_cert: c.pem } }"),
+      "upstreams.u.tls: \"client_cert\" and \"client_key\" go together" },
+    { UP("{ targets: [ { url: \"https://127.0.0.1\" } ], tls: { sni: \"a b\" } }"),
+      "upstreams.u.tls.sni: invalid host name \"a b\"" },
+    { UP("{ targets: [ { url: \"https://127.0.0.1\" } ], tls: { ca_file: /nonexistent/ca.pem } }"),
+      "upstreams.u.tls.ca_file: cannot load \"/nonexistent/ca.pem\": no such file or directory" },
+    { UP("{ targets: [ { url: \"https://127.0.0.1\" } ], tls: { verify: 1 } }"),
+      "upstreams.u.tls.verify: expected true or false" },
     { UP("{ targets: [ { url: \"http://127.0.0.1:3001/api\" } ] }"),
       "upstreams.u.targets[0].url: a target url is scheme://host[:port] only, found \"/api\" after it" },
     { UP("{ targets: [ { url: \"http://127.0.0.1?x=1\" } ] }"),
       "upstreams.u.targets[0].url: a target url is scheme://host[:port] only, found \"?x=1\" after it" },
     { UP("{ targets: [ { url: \"ftp://x\" } ] }"),
-      "upstreams.u.targets[0].url: unsupported scheme in \"ftp://x\" (expected http://)" },
+      "upstreams.u.targets[0].url: unsupported scheme in \"ftp://x\" (expected http:// or https://)" },
     { UP("{ targets: [ { url: \"127.0.0.1:3001\" } ] }"),
       "upstreams.u.targets[0].url: expected a url like \"http://host:port\"" },
     { UP("{ targets: [ { url: \"http://127.0.0.1:99999\" } ] }"),
@@ -534,7 +567,6 @@ static void test_many_errors(void) {
         "limits.max_headerz: unknown key",
         "limits.max_header_bytes: expected a positive integer",
         "redis.url: cannot be combined with \"db\" (the url sets it)",
-        "upstreams.users.targets[0].url: https targets come with TLS support",
         "upstreams.users.targets[1].weight: expected an integer between 1 and 10000",
         "routes[0].paths[0]: must start with \"/\" (or \"=/\" for exact, \"~\" for a regex)",
         "routes[0].upstream: unknown upstream \"userz\"",
@@ -564,6 +596,39 @@ static void test_many_errors(void) {
     CHECK_INT(errs.n, TG_CONF_MAX_ERRORS);
     CHECK_INT(errs.dropped, 44);
     tg_conf_errors_free(&errs);
+}
+
+/* TLS keys that need no files: listener forms, https targets, defaults. */
+static void test_tls(void) {
+    tg_conf_t *conf = load_ok(
+        "listen: [ \"127.0.0.1:8080\", { address: \"127.0.0.1:8081\", redirect_https: true } ]\n"
+        "upstreams:\n"
+        "  a: { targets: [ { url: \"https://localhost\" }, { url: \"https://127.0.0.1:8443\" },\n"
+        "                  { url: \"http://127.0.0.1:3001\" } ] }\n"
+        "  b: { targets: [ { url: \"https://127.0.0.1\" } ], tls: { verify: false, sni: Backend.Internal } }\n");
+    if (conf == NULL) return;
+    CHECK_INT(conf->listens[0].tls, 0);
+    CHECK_INT(conf->listens[0].redirect_https, 0);
+    CHECK_INT(conf->listens[1].redirect_https, 1);
+    CHECK_INT(conf->listens[1].https_port, 443);         /* no TLS listener: the default port */
+    CHECK_INT(conf->tls.protocols, TG_TLS_V12 | TG_TLS_V13);
+    CHECK_INT(conf->tls.session_tickets, 1);
+    const tg_conf_upstream_t *a = &conf->upstreams[0], *b = &conf->upstreams[1];
+    CHECK_INT(a->has_tls_targets, 1);
+    CHECK(a->tls_ctx != NULL);                           /* client context built at load */
+    CHECK_INT(a->tls.verify, 1);
+    CHECK_STR(a->targets[0].scheme, "https");
+    CHECK_INT(a->targets[0].addr.port, 443);
+    CHECK_STR(a->targets[0].host_header, "localhost");   /* 443 is implied */
+    CHECK_STR(a->targets[0].tls_name, "localhost");
+    CHECK_INT(a->targets[0].tls_name_ip, 0);
+    CHECK_STR(a->targets[1].host_header, "127.0.0.1:8443");
+    CHECK_INT(a->targets[1].tls_name_ip, 1);
+    CHECK_INT(a->targets[2].tls, 0);
+    CHECK_INT(b->tls.verify, 0);
+    CHECK_STR(b->targets[0].tls_name, "Backend.Internal");
+    CHECK_INT(b->targets[0].tls_name_ip, 0);
+    tg_conf_unref(conf);
 }
 
 static void test_redis_url(void) {
@@ -799,6 +864,7 @@ int main(void) {
     test_defaults();
     test_errors();
     test_many_errors();
+    test_tls();
     test_redis_url();
     test_size_parse();
     test_addr_parse();
