@@ -726,6 +726,8 @@ static void resp_body_pump(tg_request_t *r) {
         }
         ssize_t n = read_upstream(r);
         if (n == TG_AGAIN) {
+            /* The body is not here yet: the client gets the head now. */
+            if (tg_response_flush_head(r) == TG_ERROR) return;
             up_events(uc, EV_READ);
             up_timer(uc, ucf->read_ms);
             return;

@@ -318,6 +318,7 @@ void tg_request_finalize(tg_request_t *r, int status) {
     if (r->uc) tg_proxy_abort(r);
     if (r->header_sent) {
         /* Too late to change the response: truncate it by closing. */
+        if (r->conn && tg_response_flush_head(r) == TG_ERROR) return;   /* r is gone */
         if (r->conn) r->conn->close_after = 1;
         if (!r->status) r->status = status;
         tg_request_done(r);

@@ -112,7 +112,9 @@ struct tg_request_s {
     /* response to the client */
     int                 status;
     tg_frame_e          frame;
-    unsigned            header_sent:1;
+    unsigned            header_sent:1;  /* committed (maybe still in pending_head) */
+    tg_str_t            pending_head;   /* head not written yet: it goes out with
+                                           the first body bytes, in one writev */
     unsigned            response_done:1;
     uint64_t            bytes_sent;    /* bytes handed to the socket */
 

@@ -16,6 +16,11 @@
  * (it has been closed; r is freed). */
 int tg_response_send_head(tg_request_t *r);
 
+/* Writes a head that send_head kept back to go out with the first body
+ * bytes (used before waiting for an upstream's body). TG_OK or TG_ERROR
+ * (connection closed; r is freed). */
+int tg_response_flush_head(tg_request_t *r);
+
 /* Sends one body piece (last = 1 for the final one, possibly empty).
  * TG_OK, TG_AGAIN (queued: wait for the client to drain before producing
  * more) or TG_ERROR (connection closed; r is freed). */
