@@ -57,7 +57,9 @@ void tg_conn_set_events(tg_conn_t *c, int events) {
     ev_io_stop(loop, &c->io);
     c->events = events;
     if (events) {
-        ev_io_set(&c->io, c->fd, events);
+        /* ev_io_modify, not ev_io_set: the fd is the same, and ev_io_set
+         * would force an epoll_ctl (a failing ADD) on every restart. */
+        ev_io_modify(&c->io, events);
         ev_io_start(loop, &c->io);
     }
     feed_pending(c);

@@ -227,7 +227,7 @@ static void conn_watch(hconn_t *c, int events) {
     ev_io_stop(loop, &c->io);
     c->events = events;
     if (events) {
-        ev_io_set(&c->io, c->fd, events);
+        ev_io_modify(&c->io, events);   /* same fd: no forced epoll_ctl */
         ev_io_start(loop, &c->io);
     }
 }

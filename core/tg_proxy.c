@@ -77,7 +77,7 @@ static void up_events(tg_upconn_t *uc, int events) {
     if (ev_is_active(&uc->io) && (uc->io.events & (EV_READ | EV_WRITE)) == events) return;
     ev_io_stop(loop, &uc->io);
     if (events) {
-        ev_io_set(&uc->io, uc->fd, events);
+        ev_io_modify(&uc->io, events);   /* same fd: no forced epoll_ctl */
         ev_io_start(loop, &uc->io);
         up_feed_pending(uc);
     }
@@ -356,7 +356,13 @@ static void attempt(tg_request_t *r) {
     }
     r->uc = uc;
     uc->data = r;
-    ev_io_init(&uc->io, upstream_io_cb, uc->fd, 0);
+    if (uc->reused) {
+        /* The pooled connection's fd is registered already. */
+        ev_set_cb(&uc->io, upstream_io_cb);
+        ev_io_modify(&uc->io, 0);
+    } else {
+        ev_io_init(&uc->io, upstream_io_cb, uc->fd, 0);
+    }
     uc->io.data = uc;
     ev_init(&uc->timer, upstream_timer_cb);
     uc->timer.data = uc;

@@ -96,7 +96,10 @@ void tg_upstream_pool_put(tg_upconn_t *uc) {
     uc->data = NULL;
     ev_io_stop(w->loop, &uc->io);
     ev_timer_stop(w->loop, &uc->timer);
-    ev_io_init(&uc->io, idle_io_cb, uc->fd, EV_READ);
+    /* Same fd as in use: switch callback and events without forcing an
+     * epoll_ctl (ev_io_init would). */
+    ev_set_cb(&uc->io, idle_io_cb);
+    ev_io_modify(&uc->io, EV_READ);
     uc->io.data = uc;
     ev_io_start(w->loop, &uc->io);
     ev_timer_init(&uc->timer, idle_timer_cb, u->conf->keepalive_timeout_ms / 1000.0, 0.);
