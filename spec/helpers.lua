@@ -127,6 +127,28 @@ function _M.parse_raw_response(data)
   }
 end
 
+-- The errors `tollgate -t` printed (its stdout+stderr text), as a set
+-- { ["path: message"] = true }, without the closing "configuration file" line.
+function _M.conf_error_set(out)
+  local errs = {}
+  for line in out:gmatch("[^\n]+") do
+    local e = line:match("^tollgate: (.+)$")
+    if e and not e:find("^configuration file") then errs[e] = true end
+  end
+  return errs
+end
+
+-- Values of header `name` in a { header_list = { {name, value}, ... } }
+-- table (a response from request(), or tg-echo's JSON), in order.
+function _M.header_values(t, name)
+  local out = {}
+  name = name:lower()
+  for _, h in ipairs(t.header_list) do
+    if h[1]:lower() == name then out[#out + 1] = h[2] end
+  end
+  return out
+end
+
 function _M.repo_root()
   return repo_root
 end

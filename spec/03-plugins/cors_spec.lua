@@ -10,22 +10,9 @@ local helpers = require "spec.helpers"
 
 local FIXTURES = helpers.fixtures_path()
 
-local function conf_errors(out)
-  local errs = {}
-  for line in out:gmatch("[^\n]+") do
-    local e = line:match("^tollgate: (.+)$")
-    if e and not e:find("^configuration file") then errs[e] = true end
-  end
-  return errs
-end
+local conf_errors = helpers.conf_error_set
 
-local function header_values(res, name)
-  local out = {}
-  for _, h in ipairs(res.header_list) do
-    if h[1]:lower() == name:lower() then out[#out + 1] = h[2] end
-  end
-  return out
-end
+local header_values = helpers.header_values
 
 local CORS_HEADERS = {
   "access-control-allow-origin", "access-control-allow-credentials", "access-control-allow-methods",

@@ -11,15 +11,7 @@ local rep = string.rep
 local UUID4 = "^%x%x%x%x%x%x%x%x%-%x%x%x%x%-4%x%x%x%-[89ab]%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$"
 local TRACEPARENT = "^00%-[0-9a-f]+%-[0-9a-f]+%-0[01]$"
 
--- The config errors in `tollgate -t` output ("tollgate: <path>: <msg>").
-local function conf_errors(out)
-  local errs = {}
-  for line in out:gmatch("[^\n]+") do
-    local e = line:match("^tollgate: (.+)$")
-    if e and not e:find("^configuration file") then errs[e] = true end
-  end
-  return errs
-end
+local conf_errors = helpers.conf_error_set
 
 -- The access-log entries (decoded) whose path is `path`.
 local function access_entries(gw, path)

@@ -34,23 +34,9 @@ local function query_of(echo_json)
   return args
 end
 
--- Values of header `name` as the upstream received them, in order.
-local function header_values(echo_json, name)
-  local out = {}
-  for _, pair in ipairs(echo_json.header_list) do
-    if pair[1]:lower() == name:lower() then out[#out + 1] = pair[2] end
-  end
-  return out
-end
+local header_values = helpers.header_values
 
-local function conf_errors(out)
-  local errs = {}
-  for line in out:gmatch("[^\n]+") do
-    local e = line:match("^tollgate: (.+)$")
-    if e and not e:find("^configuration file") then errs[e] = true end
-  end
-  return errs
-end
+local conf_errors = helpers.conf_error_set
 
 describe("request-transformer", function()
   local echo, gw

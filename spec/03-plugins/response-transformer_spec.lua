@@ -24,22 +24,9 @@ local OBJ_STRIPPED = '{"id":7,"user":{"name":"a"},"big":12345678901234567890,'
   .. '"ratio":0.1000000000000000055511151231257827,"empty":[],"url":"a/b","esc":"\\u00e9\\n",'
   .. '"items":[{"id":1},{"id":2},3,[{}]]}'
 
-local function conf_errors(out)
-  local errs = {}
-  for line in out:gmatch("[^\n]+") do
-    local e = line:match("^tollgate: (.+)$")
-    if e and not e:find("^configuration file") then errs[e] = true end
-  end
-  return errs
-end
+local conf_errors = helpers.conf_error_set
 
-local function header_values(res, name)
-  local out = {}
-  for _, h in ipairs(res.header_list) do
-    if h[1]:lower() == name:lower() then out[#out + 1] = h[2] end
-  end
-  return out
-end
+local header_values = helpers.header_values
 
 local function static(body, ctype, headers)
   return { status = 200, body = body, content_type = ctype, headers = headers }
