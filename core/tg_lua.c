@@ -29,6 +29,8 @@
 #define TG_PREFIX "."
 #endif
 
+#define TG_LUA_IDLE_COROUTINES 64
+
 struct tg_lua_s {
     lua_State   *L;
     tg_worker_t *worker;
@@ -37,6 +39,12 @@ struct tg_lua_s {
     int          ref_runtime;  /* the runtime module table */
     int          ref_main;     /* runtime.request_main */
     int          ref_timer;    /* runtime.run_timer */
+    /* Request coroutines that finished a request between phases, kept for
+     * the next requests: a new thread, its registry ref and its first
+     * resume of request_main cost more than the plugins of a short chain. */
+    lua_State   *idle_co[TG_LUA_IDLE_COROUTINES];
+    int          idle_ref[TG_LUA_IDLE_COROUTINES];
+    int          nidle;
 };
 
 struct tg_lua_wait_s {
@@ -262,7 +270,21 @@ static int resume(tg_request_t *r, tg_lua_timer_t *tm, lua_State *co, int nargs,
     g_r = saved_r;
     g_timer = saved_t;
     g_may_yield = saved_y;
-    if (st == LUA_YIELD) return (int)lua_tointeger(co, 1);
+    if (st == LUA_YIELD) {
+        int code = (int)lua_tointeger(co, 1);
+        if (r) {
+            r->lua_co_idle = code == TG_LUA_PHASE_DONE || code == TG_LUA_ERROR;
+            /* A coroutine that waits may be abandoned and one that exits
+             * is: the request's ctx (yielded with the code) must outlive
+             * it, for the phases that run in a fresh coroutine. */
+            if (!r->lua_co_idle && r->lua_ctx_ref == -1 && lua_istable(co, 2)) {
+                lua_pushvalue(co, 2);
+                lua_xmove(co, g_lua->L, 1);
+                r->lua_ctx_ref = luaL_ref(g_lua->L, LUA_REGISTRYINDEX);
+            }
+        }
+        return code;
+    }
     if (st != 0) {
         const char *msg = lua_tostring(co, -1);
         tg_log_write(TG_LOG_ERR, r ? r->request_id : NULL, "lua: coroutine failed: %s", msg ? msg : "?");
@@ -300,41 +322,65 @@ static int start_deferred(tg_request_t *r) {
     return 0;
 }
 
-/* Pushes a new request coroutine's function and first arguments. */
-static lua_State *new_request_coroutine(tg_request_t *r, int *nargs) {
+/* The coroutine for r's next phase: r's own, an idle one or a new one.
+ * request_main(phase, a1, a2, r, route, ctx) starts with these arguments,
+ * and an idle coroutine receives them from its yield between phases;
+ * *fresh tells the caller to push a1, a2 and the request after the phase. */
+static lua_State *request_coroutine(tg_request_t *r, int *fresh) {
+    lua_State *co = r->lua_co;
+    if (co != NULL && r->lua_wait) {
+        /* Still waiting in an earlier phase (the request was cut short):
+         * that phase is abandoned; this one runs in another coroutine. */
+        cancel_wait(r);
+        drop_coroutine(r);
+        co = NULL;
+    }
+    if (co != NULL) {
+        lua_settop(co, 0);
+        *fresh = 0;
+        return co;
+    }
+    *fresh = 1;
+    if (g_lua->nidle > 0) {
+        g_lua->nidle--;
+        co = g_lua->idle_co[g_lua->nidle];
+        r->lua_co_ref = g_lua->idle_ref[g_lua->nidle];
+        r->lua_co = co;
+        lua_settop(co, 0);
+        return co;
+    }
     lua_State *L = g_lua->L;
-    lua_State *co = lua_newthread(L);
+    co = lua_newthread(L);
     r->lua_co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     r->lua_co = co;
-    if (r->lua_ctx_ref == -1) {
-        lua_newtable(L);
-        r->lua_ctx_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    }
     lua_rawgeti(co, LUA_REGISTRYINDEX, g_lua->ref_main);
-    lua_pushlightuserdata(co, r);
-    lua_pushinteger(co, r->route ? r->route->index + 1 : 0);
-    lua_rawgeti(co, LUA_REGISTRYINDEX, r->lua_ctx_ref);
-    *nargs = 3;
     return co;
+}
+
+/* After the phase and its a1, a2: which request, as a number (a light
+ * userdata would stop LuaJIT's trace at the ffi.cast), its route, and its
+ * ctx when an earlier coroutine of the request kept one. */
+static int push_request(lua_State *co, tg_request_t *r) {
+    lua_pushnumber(co, (lua_Number)(uintptr_t)r);
+    lua_pushinteger(co, r->route ? r->route->index + 1 : 0);
+    if (r->lua_ctx_ref != -1) lua_rawgeti(co, LUA_REGISTRYINDEX, r->lua_ctx_ref);
+    else lua_pushnil(co);
+    return 3;
 }
 
 /* Runs one phase in r's coroutine. Extra arguments are pushed by `push`. */
 static int run(tg_request_t *r, tg_phase_e phase, int may_yield) {
     if (g_lua == NULL) return TG_OK;
     if (r->lua_running) return TG_ERROR;   /* never re-enter a running coroutine */
-    lua_State *co = r->lua_co;
-    int nargs = 0;
-    if (co != NULL && r->lua_wait) {
-        /* Still waiting in an earlier phase (the request was cut short):
-         * that phase is abandoned; this one runs in a fresh coroutine. */
-        cancel_wait(r);
-        drop_coroutine(r);
-        co = NULL;
-    }
-    if (co == NULL) co = new_request_coroutine(r, &nargs);
-    else lua_settop(co, 0);
+    int fresh;
+    lua_State *co = request_coroutine(r, &fresh);
+    int nargs = 1;
     lua_pushinteger(co, phase);
-    nargs++;
+    if (fresh) {
+        lua_pushnil(co);
+        lua_pushnil(co);
+        nargs += 2 + push_request(co, r);
+    }
     int code = resume(r, NULL, co, nargs, may_yield);
     while (code == TG_LUA_WAIT && start_deferred(r)) {
         lua_settop(co, 0);
@@ -370,19 +416,13 @@ int tg_lua_header_filter(tg_request_t *r) {
 int tg_lua_body_filter(tg_request_t *r, const char *in, size_t len, int eof,
                        const char **out, size_t *outlen) {
     if (g_lua == NULL || r->lua_running) return TG_ERROR;
-    lua_State *co = r->lua_co;
-    int nargs = 0;
-    if (co != NULL && r->lua_wait) {
-        cancel_wait(r);
-        drop_coroutine(r);
-        co = NULL;
-    }
-    if (co == NULL) co = new_request_coroutine(r, &nargs);
-    else lua_settop(co, 0);
+    int fresh;
+    lua_State *co = request_coroutine(r, &fresh);
+    int nargs = 3;
     lua_pushinteger(co, TG_PHASE_BODY_FILTER);
     lua_pushlstring(co, in ? in : "", len);
     lua_pushboolean(co, eof);
-    nargs += 3;
+    if (fresh) nargs += push_request(co, r);
     int code = resume(r, NULL, co, nargs, 0);
     if (code != TG_LUA_PHASE_DONE || r->lua_co == NULL) return TG_ERROR;
     /* The chunk stays on the coroutine's stack until the next call. */
@@ -396,6 +436,15 @@ int tg_lua_body_filter(tg_request_t *r, const char *in, size_t len, int eof,
 }
 
 void tg_lua_request_free(tg_request_t *r) {
+    if (g_lua && r->lua_co && r->lua_co_idle && !r->lua_wait && !r->lua_running &&
+        g_lua->nidle < TG_LUA_IDLE_COROUTINES) {
+        lua_settop((lua_State *)r->lua_co, 0);
+        g_lua->idle_co[g_lua->nidle] = r->lua_co;
+        g_lua->idle_ref[g_lua->nidle] = r->lua_co_ref;
+        g_lua->nidle++;
+        r->lua_co = NULL;
+        r->lua_co_ref = -1;
+    }
     cancel_wait(r);
     drop_coroutine(r);
     if (r->lua_ctx_ref != -1 && g_lua) luaL_unref(g_lua->L, LUA_REGISTRYINDEX, r->lua_ctx_ref);

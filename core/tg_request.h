@@ -149,6 +149,8 @@ struct tg_request_s {
     int                 lua_ctx_ref;
     struct tg_lua_wait_s *lua_wait;    /* pending I/O of the coroutine */
     unsigned            lua_running:1; /* inside a resume (no re-entry) */
+    unsigned            lua_co_idle:1; /* the coroutine last yielded between phases:
+                                          it may serve another request */
     unsigned            log_pending:1; /* log phase still running after done */
     unsigned            free_pending:1;/* freed while held (see hold) */
     int                 hold;          /* >0 while C code up the stack still uses r:

@@ -370,7 +370,7 @@ function response.exit(status, body, headers)
   -- Yield straight to the core, through any pcall() of the plugin's: the
   -- plugin never resumes (a swallowed exit must never let a request
   -- through). Later phases run in a fresh coroutine with the same ctx.
-  coroutine.yield(runtime.codes.EXIT)
+  coroutine.yield(runtime.codes.EXIT, current.ctx)
   error("tg.response.exit: resumed after exit", 2)   -- cannot happen
 end
 

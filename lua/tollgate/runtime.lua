@@ -26,6 +26,19 @@ local bit        = require "bit"
 
 local _M = {}
 
+-- Developer switches (never set in production): TG_JIT_V=FILE logs trace
+-- starts and aborts (jit.v), TG_JIT_P="MODE,FILE" runs LuaJIT's sampling
+-- profiler (jit.p), written when the VM closes.
+do
+  local v = os.getenv("TG_JIT_V")
+  if v and v ~= "" then require("jit.v").start(v) end
+  local p = os.getenv("TG_JIT_P")
+  if p and p ~= "" then
+    local mode, file = p:match("^([^,]*),(.+)$")
+    require("jit.p").start(mode or "F", file or p)
+  end
+end
+
 -- Codes yielded to C (core/tg_lua.h) and phase ids (enum tg_phase_e).
 local DONE, WAIT, EXIT, ERROR = 0, 1, 2, 3
 local PHASES = { rewrite = 1, access = 2, header_filter = 5, body_filter = 6, log = 7 }
@@ -264,30 +277,36 @@ local function log_failure(r, name, phase, err)
   C.tg_ffi_log(4, r, msg, #msg)
 end
 
-local function run_phase(r, list, phase, ctx, chunk, eof)
+-- One phase's plugins, called from Lua (not each under its own xpcall):
+-- a plugin function that returns into a Lua frame can be compiled by the
+-- JIT as a whole; one returning into xpcall's C frame aborts its trace
+-- ("NYI: return to lower frame") and ends up blacklisted, interpreted.
+local function run_list(list, phase, ctx, chunk, eof)
   for i = 1, #list do
     local p = list[i]
     current.plugin = p.name
-    local ok, res
     if phase == BODY_FILTER then
-      ok, res = xpcall(p.fn, on_error, p.conf, ctx, chunk, eof)
-      if ok and res ~= nil then chunk = tostring(res) end
+      local res = p.fn(p.conf, ctx, chunk, eof)
+      if res ~= nil then chunk = tostring(res) end
     else
-      ok, res = xpcall(p.fn, on_error, p.conf, ctx)
-    end
-    if not ok then
-      current.plugin = nil
-      if res == EXIT_MARKER then
-        if phase == PHASES.rewrite or phase == PHASES.access then return EXIT end
-        log_failure(r, p.name, phase, "tg.response.exit() is not allowed in this phase")
-        return ERROR
-      end
-      log_failure(r, p.name, phase, res)
-      return ERROR
+      p.fn(p.conf, ctx)
     end
   end
+  return chunk
+end
+
+local function run_phase(r, list, phase, ctx, chunk, eof)
+  local ok, res = xpcall(run_list, on_error, list, phase, ctx, chunk, eof)
+  local name = current.plugin
   current.plugin = nil
-  return DONE, chunk
+  if ok then return DONE, res end
+  if res == EXIT_MARKER then
+    if phase == PHASES.rewrite or phase == PHASES.access then return EXIT end
+    log_failure(r, name, phase, "tg.response.exit() is not allowed in this phase")
+    return ERROR
+  end
+  log_failure(r, name, phase, res)
+  return ERROR
 end
 
 -- After header_filter: when every body_filter plugin of the chain said
@@ -303,12 +322,23 @@ local function maybe_skip_body_filter(r, chain, ctx)
   C.tg_ffi_resp_skip_body_filter(r)
 end
 
--- The request coroutine: one phase per resume, forever (C drops it when
--- the request ends).
-function _M.request_main(r_ud, route_index, ctx, phase, a1, a2)
-  local r = ffi.cast("tg_request_t *", r_ud)
-  local chain = chains[route_index] or {}
+-- The request coroutine: one phase per resume, forever. A resume that
+-- starts a request (the coroutine's first, or one that C took from its idle
+-- list) also passes the request (its address as a number), the route index
+-- and the ctx an earlier coroutine of this request kept, if any. C drops
+-- the coroutine when it waits or exits at a request's end.
+local REQ_PTR = ffi.typeof("tg_request_t *")
+local cast = ffi.cast
+local NO_CHAIN = {}
+
+function _M.request_main(phase, a1, a2, r_addr, route_index, ctx_in)
+  local r, chain, ctx
   while true do
+    if r_addr then
+      r = cast(REQ_PTR, r_addr)
+      chain = chains[route_index] or NO_CHAIN
+      ctx = ctx_in or {}
+    end
     current.r, current.ctx, current.phase = r, ctx, PHASE_NAMES[phase]
     local code, out
     local list = chain[phase]
@@ -319,14 +349,15 @@ function _M.request_main(r_ud, route_index, ctx, phase, a1, a2)
       code, out = DONE, a1
     end
     current.r, current.ctx, current.phase = nil, nil, nil
-    phase, a1, a2 = co_yield(code, out)
+    phase, a1, a2, r_addr, route_index, ctx_in = co_yield(code, out)
   end
 end
 
--- Waits inside a PDK call: yields to C and restores the context after.
+-- Waits inside a PDK call: yields to C (with the request's ctx, which C
+-- keeps should this coroutine be abandoned) and restores the context after.
 function _M.wait()
   local r, ctx, phase, plugin = current.r, current.ctx, current.phase, current.plugin
-  co_yield(WAIT)
+  co_yield(WAIT, ctx)
   current.r, current.ctx, current.phase, current.plugin = r, ctx, phase, plugin
 end
 

@@ -323,6 +323,13 @@ describe("lua runtime: one worker", function()
         { name = "misuse", paths = { "/misuse" }, upstream = "echo", plugins = P{ ["rt-req"] = { misuse = "header" } } },
         { name = "ctx", paths = { "/ctx" }, upstream = "echo",
           plugins = with_report{ ["rt-prio-300"] = {}, ["rt-tag"] = { value = "c" } } },
+        { name = "ctx-exit", paths = { "/ctx-exit" }, upstream = "echo",
+          plugin_order = { "rt-tag", "rt-exit" },
+          plugins = with_report{ ["rt-tag"] = { value = "e" }, ["rt-exit"] = { status = 403 } } },
+        { name = "ctx-sleep-exit", paths = { "/ctx-sleep-exit" }, upstream = "echo",
+          plugin_order = { "rt-tag", "rt-sleep", "rt-exit" },
+          plugins = with_report{ ["rt-tag"] = { value = "s" }, ["rt-sleep"] = { seconds = 0.01 },
+                                 ["rt-exit"] = { status = 403 } } },
         { name = "sleep", paths = { "/sleep" }, upstream = "echo", plugins = P{ ["rt-sleep"] = { seconds = 1 } } },
         { name = "log-sleep", paths = { "/log-sleep" }, upstream = "echo",
           plugins = P{ ["rt-sleep"] = { seconds = 0, log_s = 0.8 } } },
@@ -816,6 +823,19 @@ describe("lua runtime: one worker", function()
         assert.equal("rt-prio-300", res.headers["x-order"])
         assert.equal("c", res.headers["x-tags"])
         assert.equal("true", res.headers["x-ctx-same"])
+      end
+    end)
+
+    it("tg.ctx outlives an exit and a wait: later phases see what access recorded", function()
+      -- The coroutine that exits (or waits) is not the one that runs the
+      -- later phases; idle coroutines serve later requests, so each path
+      -- goes three times: nothing may leak from one request to the next.
+      for _ = 1, 3 do
+        for path, tag in pairs({ ["/ctx-exit"] = "e", ["/ctx-sleep-exit"] = "s", ["/ctx"] = "c" }) do
+          local res = get(path)
+          assert.equal(tag, res.headers["x-tags"], path)
+          assert.equal(path == "/ctx" and 200 or 403, res.status, path)
+        end
       end
     end)
   end)
