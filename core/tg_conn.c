@@ -208,16 +208,31 @@ int tg_conn_send(tg_conn_t *c, const struct iovec *iov, int iovcnt) {
 #define TG_LINGER_MS 2000
 #define TG_LINGER_MAX_READS 64   /* bounded work per readiness event */
 
+/* 1 when the client's input has bytes we have not read. */
+static int input_pending(int fd) {
+    char b;
+    return recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
+}
+
 /* Last response handed to the socket: once it is flushed, half-close, drain
- * the client's input for a while, then close. */
+ * the client's input for a while, then close. Like nginx's `lingering_close
+ * on`, only when input may be left unread (an error, a body not read, bytes
+ * buffered or arriving): a client that asked for Connection: close and sent
+ * nothing more is closed at once, which saves a read, a timer and an
+ * epoll round trip per connection. TLS connections always linger. */
 static void linger_start(tg_conn_t *c) {
     tg_worker_t *w = c->worker;
     c->state = TG_CONN_LINGER;
+    if (c->rbuf && tg_buf_len(c->rbuf) > 0) c->must_linger = 1;
     tg_buf_put(&w->bufs, c->rbuf);
     c->rbuf = NULL;
     if (!tg_wqueue_empty(&c->wq)) {
         tg_conn_set_events(c, EV_WRITE);
         tg_conn_set_timer(c, w->conf->limits.send_timeout_ms);
+        return;
+    }
+    if (!c->must_linger && c->ssl == NULL && !input_pending(c->fd)) {
+        tg_conn_close(c);
         return;
     }
     if (c->ssl) tg_tls_shutdown(c->ssl);   /* close_notify before the FIN */
@@ -273,6 +288,7 @@ static void reject_head(tg_conn_t *c, int status, const char *detail) {
     if (status >= 500) w->my_stats->status_5xx++; else w->my_stats->status_4xx++;
     w->my_stats->requests++;
     /* Whatever else the client sent is not a request: never parse it. */
+    c->must_linger = 1;
     if (tg_conn_send(c, &iov, 1) == TG_ERROR) {
         tg_conn_close(c);
         return;

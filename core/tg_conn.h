@@ -50,6 +50,7 @@ struct tg_conn_s {
     int              nrequests;   /* finished requests on this connection */
     unsigned         close_after:1; /* close once the current response is out */
     unsigned         lingering:1;   /* half-closed, discarding input before close */
+    unsigned         must_linger:1; /* input may be left unread: linger before close */
 };
 
 /* Accept callback of a listener's ev_io. */

@@ -39,8 +39,17 @@ static inline int tg_str_eq(tg_str_t a, const char *lit, size_t litlen) {
     return a.len == litlen && memcmp(a.p, lit, litlen) == 0;
 }
 
+static inline unsigned char tg_ascii_lower(unsigned char c) {
+    return (unsigned char)(c + (((unsigned)(c - 'A') < 26u) << 5));
+}
+
+/* Header names are compared per header per request, and most comparisons
+ * of equal-length names fail on the first byte: check it before paying
+ * strncasecmp's call. */
 static inline int tg_str_caseeq(tg_str_t a, const char *lit, size_t litlen) {
-    return a.len == litlen && strncasecmp(a.p, lit, litlen) == 0;
+    return a.len == litlen
+        && (litlen == 0 || tg_ascii_lower((unsigned char)a.p[0]) == tg_ascii_lower((unsigned char)lit[0]))
+        && strncasecmp(a.p, lit, litlen) == 0;
 }
 
 #define tg_str_eq_lit(s, lit)     tg_str_eq((s), (lit), sizeof(lit) - 1)

@@ -887,6 +887,13 @@ ssize_t tg_http_normalize_path(const char *in, size_t len, char *out) {
     return (ssize_t) w;
 }
 
+int tg_http_is_token(const char *p, size_t len) {
+    if (len == 0) return 0;
+    for (size_t i = 0; i < len; i++)
+        if (!is_tchar(p[i])) return 0;
+    return 1;
+}
+
 int tg_http_token_list_has(tg_str_t value, const char *token, size_t toklen) {
     const char *p = value.p, *end = value.p + value.len, *comma;
     if (value.p == NULL) return 0;
@@ -899,8 +906,23 @@ int tg_http_token_list_has(tg_str_t value, const char *token, size_t toklen) {
     }
 }
 
+int tg_http_has_connection_options(const tg_http_header_t *h, int n) {
+    for (int i = 0; i < n; i++) {
+        if (!tg_str_caseeq_lit(h[i].name, "connection") || h[i].value.p == NULL) continue;
+        const char *p = h[i].value.p, *end = p + h[i].value.len, *comma;
+        for (;; p = comma + 1) {
+            comma = memchr(p, ',', (size_t)(end - p));
+            tg_str_t t = trim_ows((tg_str_t){ p, (size_t)((comma ? comma : end) - p) });
+            if (t.len && !tg_str_caseeq_lit(t, "close") && !tg_str_caseeq_lit(t, "keep-alive"))
+                return 1;
+            if (comma == NULL) break;
+        }
+    }
+    return 0;
+}
+
 int tg_http_is_hop_by_hop(tg_str_t name) {
-    if (name.len >= 6 && strncasecmp(name.p, "proxy-", 6) == 0) return 1;
+    if (name.len >= 6 && tg_str_caseeq((tg_str_t){ name.p, 6 }, "proxy-", 6)) return 1;
     return tg_str_caseeq_lit(name, "connection")
         || tg_str_caseeq_lit(name, "keep-alive")
         || tg_str_caseeq_lit(name, "te")

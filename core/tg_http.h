@@ -190,6 +190,14 @@ size_t tg_http_chunk_header(char *out, size_t n);
  * ("/a/%2e%2e/b" -> "/b"). in and out may not overlap. */
 ssize_t tg_http_normalize_path(const char *in, size_t len, char *out);
 
+/* 1 when a Connection header lists an option other than close and
+ * keep-alive (a header name to drop when forwarding): most messages have
+ * none, and the per-header check is then skipped. */
+int tg_http_has_connection_options(const tg_http_header_t *h, int n);
+
+/* 1 when p[0..len) is a non-empty token (RFC 9110 5.6.2): a header name. */
+int tg_http_is_token(const char *p, size_t len);
+
 /* 1 when the comma-separated, case-insensitive token list `value` contains
  * token (e.g. Connection: keep-alive, Upgrade). */
 int tg_http_token_list_has(tg_str_t value, const char *token, size_t toklen);

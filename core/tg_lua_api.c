@@ -17,17 +17,7 @@
 
 #include <stdio.h>
 
-static int token_char(unsigned char c) {
-    static const char *extra = "!#$%&'*+-.^_`|~";
-    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
-        || (c && strchr(extra, c) != NULL);
-}
-
-static int valid_name(const char *p, size_t n) {
-    if (n == 0) return 0;
-    for (size_t i = 0; i < n; i++) if (!token_char((unsigned char)p[i])) return 0;
-    return 1;
-}
+static int valid_name(const char *p, size_t n) { return tg_http_is_token(p, n); }
 
 static int valid_value(const char *p, size_t n) {
     for (size_t i = 0; i < n; i++) {

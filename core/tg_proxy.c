@@ -220,9 +220,10 @@ static size_t build_request_head(tg_request_t *r, char **out) {
     else PUT(t->host_header, strlen(t->host_header));
     PUTS("\r\n");
 
+    int conn_opts = tg_http_has_connection_options(h->headers, h->nheaders);
     for (int i = 0; i < nh; i++) {
         tg_str_t n = hd[i].name, v = hd[i].value;
-        if (tg_http_is_hop_by_hop(n) || is_replaced(n) || connection_lists(r, n)) continue;
+        if (tg_http_is_hop_by_hop(n) || is_replaced(n) || (conn_opts && connection_lists(r, n))) continue;
         PUT(n.p, n.len);
         PUTS(": ");
         PUT(v.p, v.len);
@@ -560,9 +561,10 @@ static void send_response_head(tg_request_t *r) {
     l->n = 0;
     l->cap = 0;
     l->h = NULL;
+    int conn_opts = tg_http_has_connection_options(resp->headers, resp->nheaders);
     for (int i = 0; i < resp->nheaders; i++) {
         tg_str_t n = resp->headers[i].name;
-        if (tg_http_is_hop_by_hop(n) || connection_lists_resp(resp, n)) continue;
+        if (tg_http_is_hop_by_hop(n) || (conn_opts && connection_lists_resp(resp, n))) continue;
         if (tg_str_caseeq_lit(n, "content-length")) continue;
         if (l->n == l->cap) {
             int cap = l->cap ? l->cap * 2 : resp->nheaders + 8;
@@ -760,6 +762,7 @@ static void start_tunnel(tg_request_t *r) {
     if (resp->reason.len) PUT(resp->reason.p, resp->reason.len);
     else PUTS("Switching Protocols");
     PUTS("\r\n");
+    int conn_opts = tg_http_has_connection_options(resp->headers, resp->nheaders);
     for (int i = 0; i < resp->nheaders; i++) {
         tg_str_t n = resp->headers[i].name, v = resp->headers[i].value;
         if (tg_str_caseeq_lit(n, "upgrade")) {
@@ -768,7 +771,7 @@ static void start_tunnel(tg_request_t *r) {
             PUTS("\r\n");
             continue;
         }
-        if (tg_http_is_hop_by_hop(n) || connection_lists_resp(resp, n)) continue;
+        if (tg_http_is_hop_by_hop(n) || (conn_opts && connection_lists_resp(resp, n))) continue;
         PUT(n.p, n.len);
         PUTS(": ");
         PUT(v.p, v.len);

@@ -311,7 +311,7 @@ void tg_request_skip_buffered_body(tg_request_t *r) {
             if (off >= len || n == 0) break;
         }
     }
-    c->close_after = 1;
+    c->close_after = c->must_linger = 1;
 }
 
 void tg_request_finalize(tg_request_t *r, int status) {
@@ -319,12 +319,12 @@ void tg_request_finalize(tg_request_t *r, int status) {
     if (r->header_sent) {
         /* Too late to change the response: truncate it by closing. */
         if (r->conn && tg_response_flush_head(r) == TG_ERROR) return;   /* r is gone */
-        if (r->conn) r->conn->close_after = 1;
+        if (r->conn) r->conn->close_after = r->conn->must_linger = 1;
         if (!r->status) r->status = status;
         tg_request_done(r);
         return;
     }
-    if (r->conn && (status == 400 || status == 408)) r->conn->close_after = 1;
+    if (r->conn && (status == 400 || status == 408)) r->conn->close_after = r->conn->must_linger = 1;
     tg_response_error(r, status);
 }
 
@@ -408,7 +408,7 @@ static int log_phase(tg_request_t *r) {
 
 void tg_request_done(tg_request_t *r) {
     tg_conn_t *c = r->conn;
-    if (!r->body_done && c) c->close_after = 1;
+    if (!r->body_done && c) c->close_after = c->must_linger = 1;
     if (r->uc) tg_proxy_abort(r);
     if (c) {
         c->r = NULL;

@@ -39,7 +39,7 @@ void tg_hdr_list_edit(tg_pool_t *pool, tg_hdr_list_t *l, int mode,
         int k = 0;
         for (int i = 0; i < l->n; i++) {
             tg_str_t n = l->h[i].name;
-            if (n.len == nlen && strncasecmp(n.p, name, nlen) == 0) continue;
+            if (tg_str_caseeq(n, name, nlen)) continue;
             l->h[k++] = l->h[i];
         }
         l->n = k;

@@ -590,6 +590,37 @@ describe("proxy", function()
       conn:close()
     end)
 
+    it("closes at once after Connection: close with nothing left to read, lingers otherwise", function()
+      local function active()
+        local res = assert(helpers.request(gw.admin_port, { path = "/status" }))
+        return res.json.connections_active
+      end
+      -- The admin request that asks is a connection of the worker too.
+      local base = 1
+      assert(helpers.wait_until(function() return active() == base end, 3))
+      -- Nothing more sent: the gateway's side is gone as soon as the
+      -- response is out, while the client still holds its socket.
+      local conn = assert(helpers.connect(gw.port))
+      local res = assert(conn:request({ path = "/api/close", headers = { Connection = "close" } }))
+      assert.equal(200, res.status)
+      local _, closed = conn:read_all(2)
+      assert.is_true(closed)
+      assert.truthy(helpers.wait_until(function() return active() == base end, 0.5))
+      conn:close()
+      -- Bytes after the last request: the gateway half-closes and keeps
+      -- reading (lingering close) so that they cannot reset the response.
+      local c2 = assert(helpers.connect(gw.port))
+      assert(c2:send(helpers.encode_request({ path = "/api/close", headers = { Connection = "close" } })
+                     .. "GET /api/never HTTP/1.1\r\n"))
+      res = assert(c2:read_response())
+      assert.equal(200, res.status)
+      _, closed = c2:read_all(2)
+      assert.is_true(closed)
+      assert.equal(base + 1, active())
+      c2:close()
+      assert.truthy(helpers.wait_until(function() return active() == base end, 3))
+    end)
+
     it("ignores requests pipelined after Connection: close", function()
       assert(echo.reset_stats())
       local data, closed = helpers.raw(gw.port,
