@@ -3,7 +3,7 @@
 #   SC_HDRS   fixed request headers
 #   SC_VARY   a file of header lines, request i carries line i mod N
 #   SC_KIND   throughput | close | idle | active | reject
-#   SC_SCHEME http, or https (max req/s and CPU by wrk only; no open-loop run)
+#   SC_SCHEME http, or https (max req/s and CPU by wrk; open loop by tg-bench --tls)
 #   SC_DENY   status a request WITHOUT SC_HDRS / SC_VARY must get: proves
 #             the contender enforces the policy, not just forwards
 
@@ -24,6 +24,6 @@ scenario_request_extra() {
     S8|S8-tls)
       tok=$(cat "$RUN_DIR/token-rs256.txt" 2>/dev/null)
       SC_HDRS=("X-API-Key: key-0042" "Authorization: Bearer $tok"); SC_DENY=401
-      [ "$1" = S8-tls ] && SC_SCHEME=https ;;                 # wrk only: tg-bench speaks no TLS
+      [ "$1" = S8-tls ] && SC_SCHEME=https ;;                 # wrk max, tg-bench --tls open loop
   esac
 }

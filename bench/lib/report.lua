@@ -39,7 +39,7 @@ local SCENARIOS = {
   { "S7-close", "S7 Connection: close per request" },
   { "S7-idle", "S7 10,000 idle keep-alive connections" },
   { "S8", "S8 full chain" },
-  { "S8-tls", "S8 full chain behind TLS (wrk only)" },
+  { "S8-tls", "S8 full chain behind TLS" },
   { "S9", "S9 10,000 routes" },
 }
 local TITLE = {}
@@ -480,7 +480,7 @@ w("- Latency \"at 50% of max\" runs each contender at half of its *own* max, so 
 w("  a higher max is measured at a higher rate, closer to the limit of CPU 1 (load generator + upstream), where")
 w("  queueing on that CPU shows up as latency. S7-active compares everyone at the same rate (3,000/s).")
 w("- S8-tls: the same chain behind TLS (ECDSA P-256 certificate, keep-alive connections, so handshakes are")
-w("  rare): max req/s and CPU only, as tg-bench speaks no TLS; no open-loop latency there.")
+w("  rare): max req/s by wrk, open-loop latency by tg-bench --tls (handshakes happen before the measured window).")
 w("")
 
 local md_text = concat(md, "\n") .. "\n"

@@ -28,6 +28,11 @@
  *                       print the JSON once all have answered, then hold
  *                       them idle S seconds (the harness measures the
  *                       server's memory meanwhile) and close them.
+ *   --tls [--sni NAME]  any of the above over TLS (OpenSSL, no certificate
+ *                       verification: the bench's certificate is self-signed).
+ *                       A connection handshakes once when it is set up; with
+ *                       --close that is once per request, resumed from the
+ *                       last session the server gave us.
  *
  * Only loopback targets are accepted: this tool exists to load servers we
  * start ourselves on this machine.
@@ -39,6 +44,8 @@
 #define _GNU_SOURCE
 #endif
 #include <ev.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -75,6 +82,7 @@
 #define BENCH_CONNECTING_MAX  512                /* idle mode: connections being set up at once */
 #define BENCH_READS_PER_EVENT 16                 /* read() calls per readiness event */
 #define BENCH_MAX_WATCH       64                 /* --watch-pids */
+#define BENCH_TLS_RECORD      SSL3_RT_MAX_PLAIN_LENGTH  /* --tls: a request goes out as one record */
 
 /* Histogram: values in ns; SUB_BITS of mantissa per power of two. */
 #define H_SUB_BITS   7
@@ -137,7 +145,7 @@ static uint64_t hist_percentile(const hist_t *h, double p)
 
 /* ------------------------------------------------------------------------ */
 
-enum { C_DISCONNECTED, C_CONNECTING, C_IDLE, C_BUSY };
+enum { C_DISCONNECTED, C_CONNECTING, C_HANDSHAKE, C_IDLE, C_BUSY };
 enum { P_HEAD, P_BODY_CL, P_CHUNK_SIZE, P_CHUNK_DATA, P_CHUNK_CRLF, P_TRAILERS, P_UNTIL_EOF, P_DONE };
 enum { E_CONNECT, E_RESET, E_EOF, E_TIMEOUT, E_PARSE, E_INCOMPLETE, E_OVERLOAD, E_COUNT };
 static const char *error_names[E_COUNT] = { "connect", "reset", "eof", "timeout", "parse", "incomplete", "overload" };
@@ -147,6 +155,7 @@ struct conn {
     ev_io     io;
     ev_timer  tmo;
     int       fd;
+    SSL      *ssl;           /* --tls: this connection's TLS state, else NULL */
     int       state;
     int       id;
     uint64_t  intended;      /* ns: when this request was due */
@@ -183,6 +192,11 @@ static struct {
     double      timeout_s;
     int         idle_n;
     double      hold_s;
+    int         tls;
+    const char *sni;
+    SSL_CTX    *tls_ctx;          /* one for every connection */
+    SSL_SESSION *tls_session;     /* the newest session the server gave us: new connections resume it */
+    int         tls_reported;     /* the first TLS failure was printed */
     struct sockaddr_storage addr; socklen_t addrlen;
 
     conn_t     *conns;
@@ -276,12 +290,15 @@ static void watch_mark(int end)
 }
 static void conn_available(conn_t *c);
 static void io_cb(struct ev_loop *loop, ev_io *w, int revents);
+static void tls_close(conn_t *c);
 
 static int is_open(void) { return B.rate > 0; }
 static int is_idle_mode(void) { return B.idle_n > 0; }
 
 static void conn_close(conn_t *c)
 {
+    if (c->ssl)
+        tls_close(c);
     if (c->fd >= 0) {
         ev_io_stop(B.loop, &c->io);
         close(c->fd);
@@ -301,6 +318,106 @@ static void watch(conn_t *c, int events)
     ev_io_stop(B.loop, &c->io);
     ev_io_set(&c->io, c->fd, events);
     ev_io_start(B.loop, &c->io);
+}
+
+/* ------------------------------------------------------------------------
+ * --tls. OpenSSL runs on the same non-blocking sockets and libev watchers:
+ * when an SSL call cannot go on, SSL_get_error() says which direction it
+ * waits for and the watcher is pointed there; the call is repeated on the
+ * next event (io_cb decides which call from the connection's state).
+ */
+
+/* The client session cache: OpenSSL hands over every session the server
+ * issues (TLS 1.3 tickets arrive after the handshake, inside SSL_read), and
+ * the newest one is what the next new connection offers to resume. */
+static int tls_new_session(SSL *ssl, SSL_SESSION *sess)
+{
+    (void)ssl;
+    SSL_SESSION_free(B.tls_session);
+    B.tls_session = sess;
+    return 1;                               /* we keep the reference */
+}
+
+static void tls_init(void)
+{
+    B.tls_ctx = SSL_CTX_new(TLS_client_method());
+    if (!B.tls_ctx)
+        die("--tls: cannot create an OpenSSL context (error %lu)", ERR_get_error());
+    /* The bench's certificate is self-signed, and what is measured is the
+     * server's work, not whether we trust it. */
+    SSL_CTX_set_verify(B.tls_ctx, SSL_VERIFY_NONE, NULL);
+    /* A server that closes a keep-alive connection without close_notify
+     * ends the stream, as a FIN does over plain TCP; not an error. */
+    SSL_CTX_set_options(B.tls_ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
+    /* A write that had to wait is retried from a new copy of the same bytes. */
+    SSL_CTX_set_mode(B.tls_ctx, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    SSL_CTX_set_session_cache_mode(B.tls_ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+    SSL_CTX_sess_set_new_cb(B.tls_ctx, tls_new_session);
+}
+
+/* After an SSL call failed with SSL_get_error() == err: 1 when OpenSSL only
+ * waits for the socket (the watcher now waits for that direction), 0 when
+ * the connection is broken. */
+static int tls_want(conn_t *c, int err)
+{
+    if (err == SSL_ERROR_WANT_READ) { watch(c, EV_READ); return 1; }
+    if (err == SSL_ERROR_WANT_WRITE) { watch(c, EV_WRITE); return 1; }
+    return 0;
+}
+
+/* A failed handshake counts as a connect error. The first one is printed
+ * too, with OpenSSL's reason (no TLS on that port, no common cipher...),
+ * which the counts cannot tell; the rest are only counted. */
+static void tls_report_handshake_failure(int err)
+{
+    if (!B.tls_reported) {
+        char why[256];
+        unsigned long e = ERR_peek_last_error();
+        if (e)
+            ERR_error_string_n(e, why, sizeof why);
+        else if (err == SSL_ERROR_SYSCALL && errno)
+            snprintf(why, sizeof why, "%s", strerror(errno));
+        else
+            snprintf(why, sizeof why, "the server closed the connection (SSL error %d)", err);
+        fprintf(stderr, "tg-bench: TLS handshake with %s:%d failed: %s (later failures are only counted)\n",
+                B.host, B.port, why);
+        B.tls_reported = 1;
+    }
+    ERR_clear_error();      /* a stale error would make the next SSL_get_error() lie */
+}
+
+/* close_notify (one non-blocking try) before SSL_free: a clean end for the
+ * server, and OpenSSL marks the session of a connection freed without a
+ * shutdown not resumable, which would spoil resumption for the others. */
+static void tls_close(conn_t *c)
+{
+    if (SSL_is_init_finished(c->ssl))
+        SSL_shutdown(c->ssl);
+    ERR_clear_error();                      /* e.g. EPIPE: the server closed first */
+    SSL_free(c->ssl);
+    c->ssl = NULL;
+}
+
+/* read(2) for either kind of connection: > 0 bytes, 0 at the end of the
+ * stream, -1 with errno EAGAIN when the watcher now waits for the socket
+ * (over TLS, possibly for writability), else another errno. */
+static ssize_t conn_recv(conn_t *c, char *buf, size_t len)
+{
+    if (!c->ssl)
+        return read(c->fd, buf, len);
+    int n = SSL_read(c->ssl, buf, (int)len);        /* len <= BENCH_BUF */
+    if (n > 0)
+        return n;
+    int err = SSL_get_error(c->ssl, n);
+    if (tls_want(c, err)) {
+        errno = EAGAIN;
+        return -1;
+    }
+    ERR_clear_error();
+    if (err == SSL_ERROR_ZERO_RETURN)
+        return 0;
+    errno = ECONNRESET;
+    return -1;
 }
 
 static void request_end(conn_t *c)
@@ -408,8 +525,37 @@ static int conn_connect(conn_t *c)
     return 0;
 }
 
+/* --tls: the whole request in one SSL_write, so it travels as one record
+ * (and one segment), as the plain writev sends it; main() checked that it
+ * fits. Until SSL_write succeeds the iovecs stay as they are, so a retry
+ * after WANT_READ/WANT_WRITE copies the same bytes again. */
+static void conn_write_tls(conn_t *c)
+{
+    char rec[BENCH_TLS_RECORD];
+    size_t n = 0;
+    for (int i = 0; i < c->iovcnt; i++) {
+        memcpy(rec + n, c->iov[i].iov_base, c->iov[i].iov_len);
+        n += c->iov[i].iov_len;
+    }
+    int r = SSL_write(c->ssl, rec, (int)n);
+    if (r > 0) {
+        c->to_write = 0;
+        watch(c, EV_READ);
+        return;
+    }
+    int err = SSL_get_error(c->ssl, r);
+    if (tls_want(c, err))
+        return;
+    ERR_clear_error();
+    request_failed(c, E_RESET);
+}
+
 static void conn_write(conn_t *c)
 {
+    if (c->ssl) {
+        conn_write_tls(c);
+        return;
+    }
     while (c->to_write > 0) {
         ssize_t n = writev(c->fd, c->iov, c->iovcnt);
         if (n < 0) {
@@ -469,6 +615,8 @@ static void conn_dispatch(conn_t *c, uint64_t intended)
         ev_timer_set(&c->tmo, B.timeout_s, 0.);
         ev_timer_start(B.loop, &c->tmo);
     }
+    if (c->state == C_CONNECTING || c->state == C_HANDSHAKE)
+        return;             /* set up ahead (open loop), not ready yet: conn_ready() sends */
     if (c->fd < 0) {
         if (conn_connect(c) < 0) {
             B.errors[E_CONNECT]++;
@@ -610,7 +758,7 @@ static void conn_read(conn_t *c)
             c->len -= c->pos;
             c->pos = 0;
         }
-        ssize_t n = read(c->fd, c->buf + c->len, BENCH_BUF - c->len);
+        ssize_t n = conn_recv(c, c->buf + c->len, BENCH_BUF - c->len);
         if (n < 0) {
             if (errno == EAGAIN || errno == EINTR) return;
             request_failed(c, E_RESET);
@@ -632,66 +780,116 @@ static void conn_read(conn_t *c)
         if (r < 0) { request_failed(c, E_PARSE); return; }
         if (r > 0) { request_done(c); return; }
     }
+    /* Bytes OpenSSL has already decrypted wake no watcher: come back for them. */
+    if (c->ssl && SSL_pending(c->ssl) > 0)
+        ev_feed_event(B.loop, &c->io, EV_READ);
 }
 
 static void preconnect_done(void);
 
+/* The connection is usable (TCP up, and the TLS handshake done with --tls). */
+static void conn_ready(conn_t *c)
+{
+    if (!c->has_req) {
+        /* Open loop, before T0: connections are set up ahead so that
+         * connection setup does not land in the first latencies. */
+        c->state = C_IDLE;
+        watch(c, EV_READ);
+        preconnect_done();
+        return;
+    }
+    conn_send(c);
+}
+
+static void conn_setup_failed(conn_t *c)
+{
+    conn_close(c);
+    if (!c->has_req) {
+        preconnect_done();
+        return;
+    }
+    B.errors[E_CONNECT]++;
+    request_end(c);
+    if (is_idle_mode()) { idle_progress(); return; }
+    c->next_free = B.free_list;
+    B.free_list = c;
+}
+
+/* Drives SSL_connect until it finishes. Keep-alive connections handshake
+ * once, when they are set up before T0, outside the measured window. In
+ * --close mode this runs for every request, after its intended send time:
+ * the open loop counts the handshake (resumed, when the server allows it)
+ * in that request's latency, as it counts the TCP connect; the closed loop,
+ * measuring from the first byte sent, counts neither. */
+static void tls_handshake(conn_t *c)
+{
+    int r = SSL_connect(c->ssl);
+    if (r == 1) {
+        conn_ready(c);
+        return;
+    }
+    int err = SSL_get_error(c->ssl, r);
+    if (tls_want(c, err))
+        return;
+    tls_report_handshake_failure(err);
+    conn_setup_failed(c);
+}
+
+static void tls_start(conn_t *c)
+{
+    c->ssl = SSL_new(B.tls_ctx);
+    if (!c->ssl || !SSL_set_fd(c->ssl, c->fd) || !SSL_set_tlsext_host_name(c->ssl, B.sni))
+        die("out of memory (setting up a TLS connection)");
+    if (B.tls_session)
+        SSL_set_session(c->ssl, B.tls_session);
+    c->state = C_HANDSHAKE;
+    tls_handshake(c);
+}
+
+/* The non-blocking connect() finished, one way or the other. */
+static void conn_connected(conn_t *c)
+{
+    int err = 0;
+    socklen_t l = sizeof err;
+    getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &l);
+    B.connecting--;
+    c->state = C_BUSY;
+    if (err)
+        conn_setup_failed(c);
+    else if (B.tls)
+        tls_start(c);
+    else
+        conn_ready(c);
+}
+
+/* Readable while idle: the server closed (or sent junk); drop it. Over TLS
+ * it is mostly the session tickets sent after the handshake, which
+ * SSL_read takes in (to tls_new_session) without returning data. */
+static void conn_idle_input(conn_t *c)
+{
+    char tmp[256];
+    ssize_t n = conn_recv(c, tmp, sizeof tmp);
+    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+        conn_close(c);
+        if (is_idle_mode()) B.idle_closed_by_server++;
+    } else if (n > 0)
+        B.extra_bytes += (uint64_t)n;
+}
+
 static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
     conn_t *c = (conn_t *)w;
-    (void)loop;
-    if (c->state == C_CONNECTING) {
-        int err = 0;
-        socklen_t l = sizeof err;
-        getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &l);
-        B.connecting--;
-        c->state = C_BUSY;
-        if (!c->has_req) {
-            /* Open loop, before T0: connections are set up ahead so that
-             * connection setup does not land in the first latencies. */
-            if (err) {
-                c->state = C_DISCONNECTED;
-                ev_io_stop(B.loop, &c->io);
-                close(c->fd);
-                c->fd = -1;
-            } else {
-                c->state = C_IDLE;
-                watch(c, EV_READ);
-            }
-            preconnect_done();
-            return;
-        }
-        if (err) {
-            c->state = C_DISCONNECTED;
-            ev_io_stop(B.loop, &c->io);
-            close(c->fd);
-            c->fd = -1;
-            B.errors[E_CONNECT]++;
-            request_end(c);
-            if (is_idle_mode()) { idle_progress(); return; }
-            c->next_free = B.free_list;
-            B.free_list = c;
-            return;
-        }
-        conn_send(c);
-        return;
+    (void)loop; (void)revents;
+    switch (c->state) {
+    case C_CONNECTING: conn_connected(c); return;
+    case C_HANDSHAKE:  tls_handshake(c); return;
+    case C_IDLE:       conn_idle_input(c); return;
     }
-    if (c->state == C_IDLE) {
-        /* Readable while idle: the server closed (or sent junk); drop it. */
-        char tmp[256];
-        ssize_t n = recv(c->fd, tmp, sizeof tmp, MSG_DONTWAIT);
-        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
-            conn_close(c);
-            if (is_idle_mode()) B.idle_closed_by_server++;
-        } else if (n > 0)
-            B.extra_bytes += (uint64_t)n;
-        return;
-    }
-    if (revents & EV_WRITE) {
+    /* Busy: what is left to do decides, not the event, since over TLS a
+     * write may wait for readability and a read for writability. */
+    if (c->to_write > 0)
         conn_write(c);
-        return;
-    }
-    if (revents & EV_READ)
+    else
         conn_read(c);
 }
 
@@ -867,12 +1065,15 @@ static void usage(void)
         "                [-c CONNS] [-d SECONDS] [--rate RPS] [-n RESPONSES]\n"
         "                [--close] [--timeout-ms MS] [--vary-file FILE]\n"
         "                [--idle N --hold SECONDS] [--watch-pids PID,PID]\n"
+        "                [--tls [--sni NAME]]\n"
         "  --rate R      open loop, R requests/s, latency from the intended send time\n"
         "  (no --rate)   closed loop, each connection back to back\n"
         "  --close       Connection: close, one connection per request\n"
         "  --vary-file   one header line per line; request i carries line i mod N\n"
         "  --idle N      N keep-alive connections, one request each, then held idle\n"
-        "  --watch-pids  report those processes' CPU ticks over the measured window\n");
+        "  --watch-pids  report those processes' CPU ticks over the measured window\n"
+        "  --tls         HTTPS: handshake once per connection (no certificate check,\n"
+        "                sessions resumed); SNI 127.0.0.1 unless --sni NAME\n");
     exit(2);
 }
 
@@ -905,6 +1106,17 @@ static void load_vary(const char *file)
     free(line);
     fclose(f);
     if (B.nvary == 0) die("%s: no lines", file);
+}
+
+/* --tls sends each request as one record (see conn_write_tls). */
+static void check_request_fits_tls_record(void)
+{
+    size_t longest = 0;
+    for (unsigned i = 0; i < B.nvary; i++)
+        if (B.vary_len[i] > longest) longest = B.vary_len[i];
+    size_t size = B.prefix_len + longest + 2;
+    if (size > BENCH_TLS_RECORD)
+        die("--tls: a request of %zu bytes does not fit one TLS record (%d bytes)", size, BENCH_TLS_RECORD);
 }
 
 static void print_hist(const char *name, const hist_t *h)
@@ -945,6 +1157,8 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--vary-file")) { NEED(); vary_file = v; }
         else if (!strcmp(a, "--idle")) { NEED(); B.idle_n = atoi(v); }
         else if (!strcmp(a, "--hold")) { NEED(); B.hold_s = atof(v); }
+        else if (!strcmp(a, "--tls")) B.tls = 1;
+        else if (!strcmp(a, "--sni")) { NEED(); B.sni = v; }
         else if (!strcmp(a, "--watch-pids")) {
             NEED();
             for (const char *q = v; *q && B.nwatch < BENCH_MAX_WATCH; ) {
@@ -965,6 +1179,8 @@ int main(int argc, char **argv)
     if (B.rate < 0 || B.rate > BENCH_MAX_RATE) die("--rate must be in (0, %.0f]", BENCH_MAX_RATE);
     if (!(B.hold_s >= 0 && B.hold_s <= BENCH_MAX_DURATION)) die("--hold out of range");
     if (B.path[0] != '/') die("--path must start with /");
+    if (B.sni && !B.tls) die("--sni needs --tls");
+    if (!B.sni) B.sni = "127.0.0.1";
 
     memset(&B.addr, 0, sizeof B.addr);
     struct sockaddr_in *a4 = (struct sockaddr_in *)&B.addr;
@@ -995,6 +1211,10 @@ int main(int argc, char **argv)
         n += snprintf(B.prefix + n, cap - (size_t)n, "Connection: close\r\n");
     B.prefix_len = (size_t)n;
     if (vary_file) load_vary(vary_file);
+    if (B.tls) {
+        check_request_fits_tls_record();
+        tls_init();
+    }
 
     /* Enough descriptors for every connection, and exact timer wake-ups. */
     struct rlimit rl;
@@ -1087,8 +1307,8 @@ int main(int argc, char **argv)
 
     printf("{\"tool\":\"tg-bench\",\"mode\":\"%s\",\"target\":\"%s:%d%s\",\"connections\":%d,",
            is_idle_mode() ? "idle" : is_open() ? "open" : "closed", B.host, B.port, B.path, B.nconns);
-    printf("\"close_each\":%s,\"rate\":%.1f,\"duration_s\":%.3f,\"elapsed_s\":%.3f,",
-           B.close_each ? "true" : "false", B.rate, B.duration, elapsed);
+    printf("\"close_each\":%s,%s\"rate\":%.1f,\"duration_s\":%.3f,\"elapsed_s\":%.3f,",
+           B.close_each ? "true" : "false", B.tls ? "\"tls\":true," : "", B.rate, B.duration, elapsed);
     printf("\"scheduled\":%" PRIu64 ",\"sent\":%" PRIu64 ",\"responses\":%" PRIu64 ",\"ok\":%" PRIu64 ",",
            is_open() ? (B.total_sched ? B.total_sched : B.next_i) : B.sent, B.sent, B.responses, B.ok);
     printf("\"status\":{\"1xx\":%" PRIu64 ",\"2xx\":%" PRIu64 ",\"3xx\":%" PRIu64 ",\"4xx\":%" PRIu64 ",\"5xx\":%" PRIu64 "},",
