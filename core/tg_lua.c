@@ -39,6 +39,7 @@ struct tg_lua_s {
     int          ref_runtime;  /* the runtime module table */
     int          ref_main;     /* runtime.request_main */
     int          ref_timer;    /* runtime.run_timer */
+    int          ref_failed;   /* runtime.request_failed */
     /* Request coroutines that finished a request between phases, kept for
      * the next requests: a new thread, its registry ref and its first
      * resume of request_main cost more than the plugins of a short chain. */
@@ -205,6 +206,8 @@ tg_lua_t *tg_lua_new(tg_conf_t *conf, tg_worker_t *w) {
         lua->ref_main = luaL_ref(L, LUA_REGISTRYINDEX);
         lua_getfield(L, -1, "run_timer");
         lua->ref_timer = luaL_ref(L, LUA_REGISTRYINDEX);
+        lua_getfield(L, -1, "request_failed");
+        lua->ref_failed = luaL_ref(L, LUA_REGISTRYINDEX);
         lua->ref_runtime = luaL_ref(L, LUA_REGISTRYINDEX);
         g_lua = lua;
         /* init_worker handlers may start timers: they need g_lua. */
@@ -252,6 +255,27 @@ static void cancel_wait(tg_request_t *r) {
     }
 }
 
+/* A plugin raised an error: plugins run unprotected in the request
+ * coroutine (a pcall frame under them would keep LuaJIT from compiling a
+ * phase's plugins as one trace), so the error ends the coroutine. The
+ * runtime logs it with the plugin, the phase and the traceback, and hands
+ * back the request's ctx, which later phases need (they run in another
+ * coroutine). */
+static void request_failed(tg_request_t *r, lua_State *co) {
+    lua_State *L = g_lua->L;
+    const char *msg = lua_tostring(co, -1);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, g_lua->ref_failed);
+    luaL_traceback(L, co, msg ? msg : "(error object is not a string)", 0);
+    if (lua_pcall(L, 1, 1, 0) != 0) {
+        tg_log_write(TG_LOG_ERR, r->request_id, "lua: request failed: %s (and reporting it failed: %s)",
+                     msg ? msg : "?", lua_tostring(L, -1));
+        lua_pop(L, 1);
+        return;
+    }
+    if (r->lua_ctx_ref == -1 && lua_istable(L, -1)) r->lua_ctx_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    else lua_pop(L, 1);
+}
+
 /* Resumes co. Returns the yielded code (TG_LUA_*), leaving the yielded
  * values on co's stack, or TG_LUA_ERROR when the coroutine died. */
 static int resume(tg_request_t *r, tg_lua_timer_t *tm, lua_State *co, int nargs, int may_yield) {
@@ -285,9 +309,11 @@ static int resume(tg_request_t *r, tg_lua_timer_t *tm, lua_State *co, int nargs,
         }
         return code;
     }
-    if (st != 0) {
+    if (st != 0 && r) {
+        request_failed(r, co);
+    } else if (st != 0) {
         const char *msg = lua_tostring(co, -1);
-        tg_log_write(TG_LOG_ERR, r ? r->request_id : NULL, "lua: coroutine failed: %s", msg ? msg : "?");
+        tg_log_write(TG_LOG_ERR, NULL, "lua: coroutine failed: %s", msg ? msg : "?");
     }
     if (r) drop_coroutine(r);
     return st == 0 ? TG_LUA_PHASE_DONE : TG_LUA_ERROR;

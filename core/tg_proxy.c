@@ -562,24 +562,20 @@ static void send_response_head(tg_request_t *r) {
     l->cap = 0;
     l->h = NULL;
     int conn_opts = tg_http_has_connection_options(resp->headers, resp->nheaders);
+    int cap = resp->nheaders + pre.n + 8;
+    l->h = tg_pool_alloc(r->pool, sizeof(*l->h) * (size_t)cap);
+    l->cap = cap;
     for (int i = 0; i < resp->nheaders; i++) {
         tg_str_t n = resp->headers[i].name;
         if (tg_http_is_hop_by_hop(n) || (conn_opts && connection_lists_resp(resp, n))) continue;
         if (tg_str_caseeq_lit(n, "content-length")) continue;
-        if (l->n == l->cap) {
-            int cap = l->cap ? l->cap * 2 : resp->nheaders + 8;
-            tg_http_header_t *h = tg_pool_alloc(r->pool, sizeof(*h) * (size_t)cap);
-            if (l->n) memcpy(h, l->h, sizeof(*h) * (size_t)l->n);
-            l->h = h;
-            l->cap = cap;
-        }
+        /* A plugin's header replaces the upstream's of the same name. */
+        if (pre.n && tg_http_header_find(pre.h, pre.n, n.p, n.len)) continue;
         l->h[l->n++] = resp->headers[i];
     }
-    for (int i = 0; i < pre.n; i++)   /* a plugin's header replaces the upstream's */
-        tg_hdr_list_edit(r->pool, l, TG_HDR_CLEAR, pre.h[i].name.p, pre.h[i].name.len, NULL, 0);
-    for (int i = 0; i < pre.n; i++)   /* ... keeping every value the plugin added */
-        tg_hdr_list_edit(r->pool, l, TG_HDR_ADD, pre.h[i].name.p, pre.h[i].name.len,
-                         pre.h[i].value.p, pre.h[i].value.len);
+    /* ... keeping every value the plugin added; the pool already owns them. */
+    if (pre.n) memcpy(l->h + l->n, pre.h, sizeof(*pre.h) * (size_t)pre.n);
+    l->n += pre.n;
     r->status = resp->status;
     r->proxy_state = PX_RESP_BODY;
     if (tg_response_send_head(r) != TG_OK) return;

@@ -46,8 +46,14 @@ void tg_hdr_list_edit(tg_pool_t *pool, tg_hdr_list_t *l, int mode,
     }
     if (mode == TG_HDR_CLEAR) return;
     list_reserve(pool, l, 1);
-    l->h[l->n].name = (tg_str_t){ tg_pool_strndup(pool, name, nlen), nlen };
-    l->h[l->n].value = (tg_str_t){ tg_pool_strndup(pool, value, vlen), vlen };
+    /* Name and value in one allocation: both live as long as the request. */
+    char *p = tg_pool_alloc(pool, nlen + vlen + 2);
+    memcpy(p, name, nlen);
+    p[nlen] = '\0';
+    if (vlen) memcpy(p + nlen + 1, value, vlen);
+    p[nlen + 1 + vlen] = '\0';
+    l->h[l->n].name = (tg_str_t){ p, nlen };
+    l->h[l->n].value = (tg_str_t){ p + nlen + 1, vlen };
     l->n++;
 }
 

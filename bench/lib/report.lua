@@ -251,12 +251,65 @@ end
 local function ratio(a, b) if num(a) and num(b) and b > 0 then return a / b end end
 local function ok_mark(v) if v == nil then return "–" elseif v then return "yes" else return "**no**" end end
 
+-- bench/run --profile leaves <out>/profiles/<scenario>-<contender>.txt: a
+-- split by object ("## by object") and a flat profile by symbol. For a
+-- missed CPU target the note points at the cost: where the time went for
+-- tollgate and for OpenResty, and tollgate's costliest user-space symbols.
+local function read_profile(scen, con)
+  local f = io.open((opts.out or ".") .. "/profiles/" .. scen .. "-" .. con .. ".txt")
+  if not f then return nil end
+  local p = { objects = {}, symbols = {} }
+  local section
+  for line in f:lines() do
+    if line:match("^## by object") then section = "objects"
+    elseif line:match("^## by symbol") then section = "symbols"
+    elseif section == "objects" then
+      local pct, obj = line:match("^%s*([%d.]+)%%%s+(%S.-)%s*$")
+      if pct then p.objects[#p.objects + 1] = { pct = tonumber(pct), name = obj } end
+    elseif section == "symbols" then
+      local pct, obj, sym = line:match("^%s*([%d.]+)%%%s+(%S+)%s+%[[.k]%]%s+(%S+)")
+      if pct then p.symbols[#p.symbols + 1] = { pct = tonumber(pct), obj = obj, name = sym } end
+    end
+  end
+  f:close()
+  return p
+end
+
+local function kernel_pct(p)
+  for _, o in ipairs(p.objects) do
+    if o.name:match("kernel") then return o.pct end
+  end
+  return 0
+end
+
+local function profile_note(scen)
+  local t, o = read_profile(scen, "tollgate"), read_profile(scen, "openresty")
+  if not t then return nil end
+  local tops = {}
+  for _, sym in ipairs(t.symbols) do
+    if not sym.obj:match("kernel") and #tops < 3 then
+      tops[#tops + 1] = fmt("%s %.1f%%", sym.name, sym.pct)
+    end
+  end
+  local user = {}
+  for _, obj in ipairs(t.objects) do
+    if not obj.name:match("kernel") and #user < 4 then
+      local name = obj.name:gsub("%.so[%d.]*$", ""):gsub("^%[JIT%] tid %d+$", "JIT traces")
+      user[#user + 1] = fmt("%s %.0f%%", name, obj.pct)
+    end
+  end
+  return fmt("[profile](profiles/%s-tollgate.txt): kernel %.0f%% of samples (OpenResty %s); user: %s; top: %s",
+             scen, kernel_pct(t), o and fmt("%.0f%%", kernel_pct(o)) or "?", concat(user, ", "), concat(tops, ", "))
+end
+
 for _, scen in ipairs(scen_list) do
   local r = ratio(med(scen, "tollgate", "cpu_us"), med(scen, "openresty", "cpu_us"))
   if r then
     local strict = scen:match("^S3") or scen:match("^S4") or scen:match("^S8")
     local limit = strict and 0.8 or 1.0
-    target(fmt("%s: CPU/req <= %.1fx OpenResty", scen, limit), fmt("%.2fx", r), r <= limit)
+    local met = r <= limit
+    target(fmt("%s: CPU/req <= %.1fx OpenResty", scen, limit), fmt("%.2fx", r), met,
+           not met and profile_note(scen) or nil)
   end
 end
 do
@@ -580,6 +633,21 @@ if opts.readme and opts.readme ~= "" then
   local t = concat(md, "\n")
   md = save
   sec[#sec + 1] = t
+  local missed = {}
+  for _, tg in ipairs(targets) do
+    if tg.met == false then
+      local note = (tg.note or ""):gsub("%(profiles/", "(" .. rel .. "/profiles/")
+      missed[#missed + 1] = "| " .. tg.target .. " | " .. tg.value .. " | " .. note .. " |"
+    end
+  end
+  if #missed > 0 then
+    sec[#sec + 1] = "### Targets missed in this run"
+    sec[#sec + 1] = ""
+    sec[#sec + 1] = "| target | measured | where the cost is |"
+    sec[#sec + 1] = "|---|---:|---|"
+    for _, line in ipairs(missed) do sec[#sec + 1] = line end
+    sec[#sec + 1] = ""
+  end
   text = text .. concat(sec, "\n") .. "\n"
   write(opts.readme, text)
 end

@@ -50,10 +50,6 @@ _M.null = schema.null
 _M.codes = { DONE = DONE, WAIT = WAIT, EXIT = EXIT, ERROR = ERROR }
 _M.PHASES = PHASES
 
--- The exit marker: tg.response.exit() raises it, the runner recognises it.
-local EXIT_MARKER = setmetatable({}, { __tostring = function() return "tollgate exit" end })
-_M.EXIT_MARKER = EXIT_MARKER
-
 local loaded = {}        -- plugin name -> module table
 local chains = {}        -- route index -> { [phase id] = { {name, fn, conf}, ... } }
 local masks = {}         -- route index -> phase bit mask
@@ -267,20 +263,17 @@ function _M.admin(method, path, query)
   return status or 200, body or ""
 end
 
-local function on_error(e)
-  if e == EXIT_MARKER then return e end
-  return traceback(tostring(e), 2)
-end
-
 local function log_failure(r, name, phase, err)
-  local msg = "plugin \"" .. name .. "\" failed in " .. PHASE_NAMES[phase] .. ": " .. tostring(err)
+  local msg = "plugin \"" .. tostring(name) .. "\" failed in " .. tostring(phase) .. ": " .. tostring(err)
   C.tg_ffi_log(4, r, msg, #msg)
 end
 
--- One phase's plugins, called from Lua (not each under its own xpcall):
--- a plugin function that returns into a Lua frame can be compiled by the
--- JIT as a whole; one returning into xpcall's C frame aborts its trace
--- ("NYI: return to lower frame") and ends up blacklisted, interpreted.
+-- One phase's plugins, called straight from the request coroutine, with no
+-- pcall frame under them: LuaJIT cannot compile a return into a C or pcall
+-- frame ("NYI: return to lower frame"), so a protected call would end every
+-- trace of a plugin at the end of the phase and leave the plugins
+-- interpreted. An error ends the coroutine instead; C then calls
+-- request_failed below.
 local function run_list(list, phase, ctx, chunk, eof)
   for i = 1, #list do
     local p = list[i]
@@ -292,21 +285,23 @@ local function run_list(list, phase, ctx, chunk, eof)
       p.fn(p.conf, ctx)
     end
   end
+  current.plugin = nil
   return chunk
 end
 
-local function run_phase(r, list, phase, ctx, chunk, eof)
-  local ok, res = xpcall(run_list, on_error, list, phase, ctx, chunk, eof)
-  local name = current.plugin
-  current.plugin = nil
-  if ok then return DONE, res end
-  if res == EXIT_MARKER then
-    if phase == PHASES.rewrite or phase == PHASES.access then return EXIT end
-    log_failure(r, name, phase, "tg.response.exit() is not allowed in this phase")
-    return ERROR
+-- Called by C (on the main thread) when a request coroutine died of an
+-- error: logs it with the plugin and phase that were running, and returns
+-- the request's ctx for the phases still to run.
+function _M.request_failed(traceback_text)
+  local r, ctx, phase, plugin = current.r, current.ctx, current.phase, current.plugin
+  current.r, current.ctx, current.phase, current.plugin = nil, nil, nil, nil
+  if plugin then
+    log_failure(r, plugin, phase, traceback_text)
+  else
+    local msg = "lua: request coroutine failed in " .. tostring(phase) .. ": " .. tostring(traceback_text)
+    C.tg_ffi_log(4, r, msg, #msg)
   end
-  log_failure(r, name, phase, res)
-  return ERROR
+  return ctx
 end
 
 -- After header_filter: when every body_filter plugin of the chain said
@@ -343,7 +338,7 @@ function _M.request_main(phase, a1, a2, r_addr, route_index, ctx_in)
     local code, out
     local list = chain[phase]
     if list then
-      code, out = run_phase(r, list, phase, ctx, a1, a2)
+      code, out = DONE, run_list(list, phase, ctx, a1, a2)
       if phase == PHASES.header_filter then maybe_skip_body_filter(r, chain, ctx) end
     else
       code, out = DONE, a1
