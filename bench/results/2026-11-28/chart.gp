@@ -1,6 +1,6 @@
 set terminal pngcairo size 1200,560 font 'sans,10'
 set output '/work/main/bench/results/2026-11-28/chart.png'
-set title 'Gateway CPU µs per request (median), 2026-11-28 12:23 UTC — provisional (machine shared)'
+set title 'Gateway CPU µs per request (median), 2026-11-28 14:17 UTC'
 set style data histograms
 set style histogram clustered gap 1
 set style fill solid 0.9 border -1
