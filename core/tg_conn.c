@@ -65,15 +65,42 @@ void tg_conn_set_events(tg_conn_t *c, int events) {
     feed_pending(c);
 }
 
+/* Lazy timeouts (libev's advice for idle timers): a keep-alive connection
+ * changes its timeout several times per request, and each stop/start is a
+ * heap operation among every connection's timer. Here a new timeout only
+ * records its deadline while the running timer fires no later than that
+ * deadline; the callback then re-arms for what is left. Clearing (ms <= 0)
+ * only forgets the deadline. The heap is touched when a timeout gets
+ * shorter, or about once per timeout period. */
 void tg_conn_set_timer(tg_conn_t *c, int ms) {
     struct ev_loop *loop = c->worker->loop;
     if (ms <= 0) {
-        ev_timer_stop(loop, &c->timer);
+        c->deadline = 0;
         return;
     }
+    ev_tstamp at = ev_now(loop) + ms / 1000.0;
+    c->deadline = at;
+    if (ev_is_active(&c->timer) && c->timer_at <= at) return;
     ev_timer_stop(loop, &c->timer);
     ev_timer_set(&c->timer, ms / 1000.0, 0.);
+    c->timer_at = at;
     ev_timer_start(loop, &c->timer);
+}
+
+/* In the timer callback: 1 when the connection's timeout has really
+ * expired; otherwise re-arms for the rest (or stays off) and returns 0. */
+static int conn_timeout_due(tg_conn_t *c) {
+    struct ev_loop *loop = c->worker->loop;
+    if (c->deadline == 0) return 0;
+    ev_tstamp left = c->deadline - ev_now(loop);
+    if (left > 0.001) {
+        ev_timer_set(&c->timer, left, 0.);
+        c->timer_at = c->deadline;
+        ev_timer_start(loop, &c->timer);
+        return 0;
+    }
+    c->deadline = 0;
+    return 1;
 }
 
 void tg_conn_accept_cb(struct ev_loop *loop, ev_io *io, int revents) {
@@ -445,6 +472,7 @@ static void conn_io_cb(struct ev_loop *loop, ev_io *io, int revents) {
 
 static void conn_timer_cb(struct ev_loop *loop, ev_timer *t, int revents) {
     tg_conn_t *c = t->data;
+    if (!conn_timeout_due(c)) return;
     switch (c->state) {
     case TG_CONN_IDLE:
         tg_conn_close(c);

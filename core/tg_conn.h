@@ -35,6 +35,8 @@ struct tg_conn_s {
     int              fd;
     ev_io            io;
     ev_timer         timer;
+    ev_tstamp        deadline;    /* when the current timeout expires; 0: none (see tg_conn_set_timer) */
+    ev_tstamp        timer_at;    /* when `timer` was started to fire */
     int              events;      /* EV_READ / EV_WRITE currently watched */
     tg_conn_state_e  state;
     char             ip[INET6_ADDRSTRLEN];
