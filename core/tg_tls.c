@@ -531,7 +531,8 @@ void tg_tls_conf_free(tg_conf_t *conf) {
 /* ------------------------------------------------------------------ */
 /* connections                                                         */
 
-SSL *tg_tls_server_new(SSL_CTX *ctx, int fd) {
+/* A new SSL object on fd, or NULL (out of memory). */
+static SSL *ssl_on_fd(SSL_CTX *ctx, int fd) {
     SSL *ssl = SSL_new(ctx);
     if (ssl == NULL) return NULL;
     if (SSL_set_fd(ssl, fd) != 1) {
@@ -539,19 +540,20 @@ SSL *tg_tls_server_new(SSL_CTX *ctx, int fd) {
         ERR_clear_error();
         return NULL;
     }
+    return ssl;
+}
+
+SSL *tg_tls_server_new(SSL_CTX *ctx, int fd) {
+    SSL *ssl = ssl_on_fd(ctx, fd);
+    if (ssl == NULL) return NULL;
     SSL_set_accept_state(ssl);
     return ssl;
 }
 
 SSL *tg_tls_client_new(SSL_CTX *ctx, int fd, const char *name, int name_is_ip, int verify,
                        void **session_slot) {
-    SSL *ssl = SSL_new(ctx);
+    SSL *ssl = ssl_on_fd(ctx, fd);
     if (ssl == NULL) return NULL;
-    if (SSL_set_fd(ssl, fd) != 1) {
-        SSL_free(ssl);
-        ERR_clear_error();
-        return NULL;
-    }
     SSL_set_connect_state(ssl);
     if (!name_is_ip) SSL_set_tlsext_host_name(ssl, name);
     if (!verify) SSL_set_verify(ssl, SSL_VERIFY_NONE, NULL);
