@@ -36,15 +36,12 @@ scenario_plugins() {
 
 # ---------------------------------------------------------------- upstream
 
-# The shared upstream: nginx, one worker, on LG_CPU. 200 with the fixed ~1 KB
-# JSON body on GET /users/42 only and 404 elsewhere, so a contender that gets
-# the prefix strip wrong shows up as errors, not as a fast wrong answer.
-upstream_start() {
+# nginx_common DIR: the part every nginx we start shares (the upstream and
+# the nginx / OpenResty contenders): one worker, files under DIR, no access
+# log, the same keep-alive limits; it opens the http block.
+nginx_common() {
   local dir=$1
-  mkdir -p "$dir/tmp"
-  local body
-  body=$(cat "$RUN_DIR/body.json")
-  cat >"$dir/nginx.conf" <<EOF
+  cat <<EOF
 worker_processes 1;
 pid $dir/nginx.pid;
 error_log $dir/error.log warn;
@@ -56,6 +53,19 @@ http {
   fastcgi_temp_path $dir/tmp/fcgi; uwsgi_temp_path $dir/tmp/uwsgi; scgi_temp_path $dir/tmp/scgi;
   keepalive_requests $KEEPALIVE_REQUESTS;
   keepalive_timeout ${KEEPALIVE_TIMEOUT_S}s;
+EOF
+}
+
+# The shared upstream: nginx, one worker, on LG_CPU. 200 with the fixed ~1 KB
+# JSON body on GET /users/42 only and 404 elsewhere, so a contender that gets
+# the prefix strip wrong shows up as errors, not as a fast wrong answer.
+upstream_start() {
+  local dir=$1
+  mkdir -p "$dir/tmp"
+  local body
+  body=$(cat "$RUN_DIR/body.json")
+  cat >"$dir/nginx.conf" <<EOF
+$(nginx_common "$dir")
   default_type application/json;
   server {
     listen 127.0.0.1:$UP_PORT backlog=4096;
@@ -162,17 +172,7 @@ nginx_conf() {
     echo "load_module /usr/share/nginx/modules/ngx_http_lua_module.so;"
   fi
   cat <<EOF
-worker_processes 1;
-pid $dir/nginx.pid;
-error_log $dir/error.log warn;
-worker_rlimit_nofile 20000;
-events { worker_connections 16384; }
-http {
-  access_log off;
-  client_body_temp_path $dir/tmp/body; proxy_temp_path $dir/tmp/proxy;
-  fastcgi_temp_path $dir/tmp/fcgi; uwsgi_temp_path $dir/tmp/uwsgi; scgi_temp_path $dir/tmp/scgi;
-  keepalive_requests $KEEPALIVE_REQUESTS;
-  keepalive_timeout ${KEEPALIVE_TIMEOUT_S}s;
+$(nginx_common "$dir")
   proxy_http_version 1.1;
   proxy_set_header Connection "";
   proxy_set_header Host \$http_host;
